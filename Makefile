@@ -1,0 +1,59 @@
+# One command per job. `make book` and `make test` set up .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?= ../shared/cxr
+DATASET := data/dataset
+BACKBONES := vgg19 mobilenet inception_v3 xception inception_resnet_v2
+# Extra papermill arguments, e.g. ARGS="-p n_splits 2 -p epochs 1"
+ARGS ?=
+
+.PHONY: help setup book test dataset pack run train-all results benchmark clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(STAMP): requirements.txt pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+setup: $(STAMP)  ## create .venv with the pinned packages
+
+book: $(STAMP)  ## build the book into _build/html (no data, no GPU needed)
+	$(BIN)/python -m xray_transfer.results --check
+	$(BIN)/jupyter-book build . -W --keep-going
+
+test: $(STAMP)  ## run the test suite (CPU, synthetic data; builds the book for the browser test)
+	$(BIN)/python -m pytest
+
+dataset: $(STAMP)  ## letterbox the real X-rays from $(DATA) into $(DATASET)
+	$(BIN)/xray-transfer assemble --data $(DATA) --out $(DATASET)
+
+pack: $(STAMP)  ## pack the dataset cache into data/dataset.npz (to carry to a GPU machine)
+	$(BIN)/xray-transfer pack --dataset $(DATASET) --out data/dataset.npz
+
+# Execute a chapter with papermill: make run CH=dataset, or
+# make run CH=training OUT=artifacts/runs/vgg19 ARGS="-p backbone vgg19"
+CH ?= training
+OUT ?= artifacts/$(CH)
+run: $(STAMP)  ## execute notebooks/$(CH).md with papermill into $(OUT)/$(CH).ipynb
+	mkdir -p $(OUT) _build/papermill
+	$(BIN)/jupytext --to ipynb -o _build/papermill/$(CH).ipynb notebooks/$(CH).md
+	$(BIN)/papermill --cwd notebooks _build/papermill/$(CH).ipynb $(OUT)/$(CH).ipynb -p output_dir ../$(OUT) $(ARGS)
+
+train-all: $(STAMP)  ## the full protocol for all five backbones (resumes finished folds)
+	for b in $(BACKBONES); do $(MAKE) run CH=training OUT=artifacts/runs/$$b ARGS="-p backbone $$b $(ARGS)" || exit 1; done
+
+results: $(STAMP)  ## regenerate results/table{1,2,3}.csv from the run artifacts
+	$(BIN)/python -m xray_transfer.results --write
+
+benchmark: $(STAMP)  ## time plain model.fit against the cached fast path, per backbone
+	$(BIN)/xray-transfer benchmark --dataset $(DATASET) --out artifacts/benchmark
+
+clean:  ## remove the build and generated notebooks (keeps .venv and data)
+	rm -rf _build notebooks/*.ipynb
