@@ -160,8 +160,7 @@ def select(candidates: dict[str, list[Candidate]], counts=None, on_missing="rais
         n = counts[label]
         if n > len(pool):
             if not allow_shortfall:
-                raise ValueError(f"counts[{label!r}]={n} but only {len(pool)} eligible {label} images were found; "
-                                 f"pass allow_shortfall=True to take all {len(pool)}, or add images")
+                raise ValueError(_shortfall_message(label, n, len(pool)))
             n = len(pool)
         hashed = []
         for c in pool:
@@ -174,6 +173,11 @@ def select(candidates: dict[str, list[Candidate]], counts=None, on_missing="rais
         hashed.sort(key=lambda t: (t[0], t[1].original_path))
         chosen[label] = [(c, h) for h, c in hashed[:n]]
     return chosen
+
+
+def _shortfall_message(label, n, available):
+    return (f"counts[{label!r}]={n} but only {available} eligible {label} images were found; "
+            f"pass allow_shortfall=True to take all {available}, or add images")
 
 
 def manifest_hash(manifest_path) -> str:
@@ -213,18 +217,26 @@ def assemble(data_dir=None, out_dir="data/dataset", size=OUTPUT_SIZE, counts=Non
     t0 = time.perf_counter()
     root = resolve_data_dir(data_dir)
     counts = dict(PAPER_COUNTS if counts is None else counts)
+    if set(counts) != set(CLASSES) or any(int(n) != n or n < 1 for n in counts.values()):
+        raise ValueError(f"counts must give a positive whole number for each of {CLASSES}, got {counts!r}")
     cands = find_candidates(root)
     asked = counts
     counts = {k: min(n, len(cands[k])) if allow_shortfall else n for k, n in asked.items()}
+    skipped = []
     if on_error == "skip":  # keep the whole pool in draw order; skip bad files as we go
+        for label in CLASSES:
+            if asked[label] > len(cands[label]) and not allow_shortfall:
+                raise ValueError(_shortfall_message(label, asked[label], len(cands[label])))
         ordered = select(cands, {k: len(v) for k, v in cands.items()}, on_missing="skip")
+        skipped += [f"{c.path}: listed in {c.source}/metadata.csv but the file is missing"
+                    for label in CLASSES for c in cands[label] if not c.path.is_file()]
     else:
         ordered = select(cands, asked, allow_shortfall=allow_shortfall)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
     try:
-        rows, skipped = [], []
+        rows = []
         total = sum(counts.values())
         bar = _progress(total, "letterboxing", progress)
         for label in CLASSES:
@@ -251,7 +263,9 @@ def assemble(data_dir=None, out_dir="data/dataset", size=OUTPUT_SIZE, counts=Non
                              "pixels_sha256": hashlib.sha256(pixels.tobytes()).hexdigest()})
                 kept += 1
                 bar.update(1)
-            if kept < counts[label]:
+            if kept < counts[label] and allow_shortfall:
+                counts[label] = kept
+            elif kept < counts[label]:
                 raise ValueError(f"only {kept} readable {label} images, {counts[label]} asked for "
                                  f"({len(skipped)} skipped: {skipped[:3]})")
         bar.close()

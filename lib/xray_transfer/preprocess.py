@@ -86,18 +86,38 @@ def letterbox(im: Image.Image, size=OUTPUT_SIZE, fill=(0, 0, 0)) -> Image.Image:
     (266, 200)
     """
     im = to_rgb(im)
+    canvas_w, canvas_h, left, top = letterbox_box(im.size, size)
+    canvas = Image.new("RGB", (canvas_w, canvas_h), fill)
+    canvas.paste(im, (left, top))
+    return canvas.resize(tuple(size), Image.Resampling.LANCZOS)
+
+
+def letterbox_box(image_size, size=OUTPUT_SIZE) -> tuple[int, int, int, int]:
+    """Geometry of :func:`letterbox` before the resize: ``(canvas_w, canvas_h, left, top)``.
+
+    The canvas is the smallest one with the aspect ratio of ``size`` that holds an
+    image of ``image_size`` (width, height); the image is pasted at (left, top), so
+    the padding on opposite sides differs by at most one pixel.
+
+    Examples
+    --------
+    >>> letterbox_box((300, 60))  # wide: padded above and below
+    (300, 226, 0, 83)
+    >>> letterbox_box((60, 300))  # tall: padded left and right
+    (399, 300, 169, 0)
+    """
+    w, h = image_size
     out_w, out_h = size
     if out_w <= 0 or out_h <= 0:
         raise ValueError(f"size must be positive (width, height), got {size!r}")
-    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise ValueError(f"image_size must be positive (width, height), got {image_size!r}")
     # Smallest canvas with the output's ratio that contains the image.
     if w * out_h >= h * out_w:  # image is relatively wider: pad top and bottom
         canvas_w, canvas_h = w, max(h, round(w * out_h / out_w))
     else:  # relatively taller: pad left and right
         canvas_w, canvas_h = max(w, round(h * out_w / out_h)), h
-    canvas = Image.new("RGB", (canvas_w, canvas_h), fill)
-    canvas.paste(im, ((canvas_w - w) // 2, (canvas_h - h) // 2))
-    return canvas.resize(size, Image.Resampling.LANCZOS)
+    return canvas_w, canvas_h, (canvas_w - w) // 2, (canvas_h - h) // 2
 
 
 def stretch_paper_literal(im: Image.Image, size=OUTPUT_SIZE, ratio=1.5) -> Image.Image:

@@ -1,0 +1,261 @@
+"""Tests for xray_transfer.data: candidate rules, deterministic selection, manifest, cache safety."""
+import json
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xray_transfer.data import (CLASSES, DATA_ENV, DataLayoutError, assemble, find_candidates,
+                                kermany_patient, load_dataset, pack, read_manifest, resolve_data_dir,
+                                select, sha256_file, synthetic_collections)
+from xray_transfer.preprocess import ImageReadError
+
+SMALL = {"covid": 4, "normal": 3, "pneumonia": 5}
+
+
+def build(cxr_dir, out_dir, **kw):
+    kw.setdefault("counts", SMALL)
+    return assemble(cxr_dir, out_dir, progress=False, **kw)
+
+
+def leftovers(folder):
+    """Temporary or backup folders an interrupted assemble could leave next to the cache."""
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or p.name.endswith(".old"))
+
+
+# ---- which images are eligible ----
+
+def test_candidates_exclude_lateral_views_other_findings_and_viral_pneumonia(cxr_dir):
+    cands = find_candidates(cxr_dir)
+    covid = {c.original_path for c in cands["covid"]}
+    assert len(covid) == 7  # 6 Cohen frontal + 1 Figure 1
+    assert "cohen/images/lateral.png" not in covid and "cohen/images/sars.png" not in covid
+    assert "figure1/images/COVID-00001.jpg" in covid
+    assert len(cands["normal"]) == 6 and len(cands["pneumonia"]) == 6
+    assert not any("virus" in c.original_path for c in cands["pneumonia"])
+    assert {c.label for lab in CLASSES for c in cands[lab]} == set(CLASSES)
+
+
+def test_patient_ids_are_parsed_per_source(cxr_dir):
+    cands = find_candidates(cxr_dir)
+    ids = {c.original_path: c.patient_id for lab in CLASSES for c in cands[lab]}
+    assert ids["cohen/images/covid0.png"] == ids["cohen/images/covid1.png"] == "cohen-0"
+    assert ids["cohen/images/covid2.png"] == "cohen-1"
+    assert ids["figure1/images/COVID-00001.jpg"] == "figure1-COVID-00001"
+    assert ids["kermany/NORMAL/IM-0003-0001.jpeg"] == "kermany-IM-0003"
+    assert ids["kermany/PNEUMONIA/person2_bacteria_12.jpeg"] == "kermany-person2"
+
+
+@pytest.mark.parametrize("name, patient", [("person1000_bacteria_2931.jpeg", "person1000"),
+                                           ("NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM-1427"),
+                                           ("IM-0115-0001.jpeg", "IM-0115")])
+def test_kermany_patient_from_file_name(name, patient):
+    assert kermany_patient(name) == patient
+
+
+def test_kermany_patient_rejects_foreign_name():
+    with pytest.raises(ValueError, match="scan_17.jpeg"):
+        kermany_patient("scan_17.jpeg")
+
+
+# ---- selection ----
+
+def test_selection_takes_first_n_by_file_sha256_whatever_the_listing_order(cxr_dir):
+    cands = find_candidates(cxr_dir)
+    chosen = select(cands, SMALL)
+    for label in CLASSES:
+        all_hashes = sorted(sha256_file(c.path) for c in cands[label])
+        assert [h for _, h in chosen[label]] == all_hashes[:SMALL[label]]
+    shuffled = {k: random.Random(1).sample(v, len(v)) for k, v in cands.items()}
+    assert select(shuffled, SMALL) == chosen
+
+
+def test_assemble_writes_asked_counts_and_266x200_images(cxr_dir, tmp_path):
+    info = build(cxr_dir, tmp_path / "ds")
+    rows = read_manifest(tmp_path / "ds")
+    assert info["counts"] == SMALL and info["shortfall"] == {} and info["skipped"] == []
+    assert info["eligible"] == {"covid": 7, "normal": 6, "pneumonia": 6}
+    assert {lab: sum(r["label"] == lab for r in rows) for lab in CLASSES} == SMALL
+    for r in rows:
+        with Image.open(tmp_path / "ds" / "images" / r["file"]) as im:
+            assert im.size == (266, 200) == (r["width"], r["height"])
+    assert json.loads((tmp_path / "ds" / "dataset.json").read_text()) == info
+    assert leftovers(tmp_path) == []
+
+
+def test_shortfall_raises_unless_allowed(cxr_dir, tmp_path):
+    counts = {"covid": 4, "normal": 10, "pneumonia": 5}
+    with pytest.raises(ValueError, match=r"counts\['normal'\]=10 but only 6 .*allow_shortfall"):
+        build(cxr_dir, tmp_path / "ds", counts=counts)
+    assert not (tmp_path / "ds").exists() and leftovers(tmp_path) == []
+    info = build(cxr_dir, tmp_path / "ds", counts=counts, allow_shortfall=True)
+    assert info["counts"]["normal"] == 6 and info["shortfall"] == {"normal": 4}
+    assert info["asked"]["normal"] == 10
+
+
+def test_counts_must_name_every_class(cxr_dir, tmp_path):
+    with pytest.raises(ValueError, match="counts must give"):
+        build(cxr_dir, tmp_path / "ds", counts={"covid": 2, "normal": 2})
+
+
+# ---- manifest identity ----
+
+def test_assembling_twice_gives_the_same_manifest_hash(cxr_dir, tmp_path):
+    a = build(cxr_dir, tmp_path / "a")
+    b = build(cxr_dir, tmp_path / "b")
+    assert a["manifest_sha256"] == b["manifest_sha256"]
+    assert (tmp_path / "a/manifest.csv").read_bytes() == (tmp_path / "b/manifest.csv").read_bytes()
+
+
+def test_changing_one_source_image_changes_the_manifest_hash(cxr_dir, tmp_path):
+    a = build(cxr_dir, tmp_path / "a")
+    chosen = read_manifest(tmp_path / "a")[0]["original_path"]
+    path = cxr_dir / chosen
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("L")).copy()
+    arr[0, 0] ^= 0xFF
+    Image.fromarray(arr, "L").save(path)
+    b = build(cxr_dir, tmp_path / "b")
+    assert a["manifest_sha256"] != b["manifest_sha256"]
+
+
+# ---- bad input: clear errors, skip mode, no partial cache ----
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+BREAKERS = {
+    "truncated_jpeg": (_truncate, "damaged"),
+    "zero_bytes": (lambda p: p.write_bytes(b""), "empty"),
+    "not_an_image": (lambda p: p.write_text("<html>404 Not Found</html>"), "not a readable image"),
+}
+
+
+def _first_drawn_normal(cxr_dir):
+    return select(find_candidates(cxr_dir), SMALL)["normal"][0][0].path
+
+
+def _break_a_normal(cxr_dir, breaker):
+    """Break one normal image that still sorts before the last one; return it and counts that draw it.
+
+    Breaking a file changes its SHA-256 and so its place in the draw; asking for
+    ``rank + 1`` normals makes sure the broken file is tried and a spare remains.
+    """
+    n = len(find_candidates(cxr_dir)["normal"])
+    for cand in find_candidates(cxr_dir)["normal"]:
+        original = cand.path.read_bytes()
+        breaker(cand.path)
+        order = [c.path for c, _ in select(find_candidates(cxr_dir), {"covid": 1, "normal": n, "pneumonia": 1})["normal"]]
+        rank = order.index(cand.path)
+        if rank < n - 1:
+            return cand.path, {**SMALL, "normal": rank + 1}
+        cand.path.write_bytes(original)
+    raise AssertionError("no normal image sorts early enough once broken")
+
+
+@pytest.fixture
+def cxr_dir_many_normals(tmp_path):
+    """12 normals, so that even an empty file (whose hash sorts high) is not last in the draw."""
+    return synthetic_collections(tmp_path / "cxr", n_normal=12)
+
+
+@pytest.mark.parametrize("kind", BREAKERS)
+def test_unreadable_image_raises_naming_file_and_keeps_previous_cache(cxr_dir_many_normals, tmp_path, kind):
+    cxr_dir = cxr_dir_many_normals
+    out = tmp_path / "ds"
+    before = build(cxr_dir, out)
+    breaker, message = BREAKERS[kind]
+    victim, counts = _break_a_normal(cxr_dir, breaker)
+    with pytest.raises(ImageReadError, match=f"{victim.name}.*{message}"):
+        build(cxr_dir, out, counts=counts)
+    assert read_manifest(out) and json.loads((out / "dataset.json").read_text()) == before
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", BREAKERS)
+def test_unreadable_image_is_skipped_and_counted_in_skip_mode(cxr_dir_many_normals, tmp_path, kind):
+    cxr_dir = cxr_dir_many_normals
+    victim, counts = _break_a_normal(cxr_dir, BREAKERS[kind][0])
+    info = build(cxr_dir, tmp_path / "ds", counts=counts, on_error="skip")
+    assert info["counts"] == counts
+    assert len(info["skipped"]) == 1 and victim.name in info["skipped"][0]
+    assert victim.name not in {r["original_path"].split("/")[-1] for r in read_manifest(tmp_path / "ds")}
+
+
+def test_failed_first_build_leaves_no_cache_folder(cxr_dir, tmp_path):
+    _truncate(_first_drawn_normal(cxr_dir))
+    with pytest.raises(ImageReadError):
+        build(cxr_dir, tmp_path / "ds")
+    assert not (tmp_path / "ds").exists() and leftovers(tmp_path) == []
+
+
+def test_metadata_row_with_missing_file_raises_naming_file(cxr_dir, tmp_path):
+    (cxr_dir / "cohen/images/covid3.png").unlink()
+    with pytest.raises(ImageReadError, match=r"covid3\.png: listed in cohen/metadata.csv"):
+        build(cxr_dir, tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
+    info = build(cxr_dir, tmp_path / "ds", on_error="skip")
+    assert len(info["skipped"]) == 1 and "covid3.png" in info["skipped"][0]
+    assert info["counts"] == SMALL
+
+
+def test_empty_class_folder_raises_data_layout_error_naming_folder(cxr_dir, tmp_path):
+    for p in (cxr_dir / "kermany/NORMAL").iterdir():
+        p.unlink()
+    with pytest.raises(DataLayoutError, match=r"kermany/NORMAL: no normal images"):
+        build(cxr_dir, tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_missing_collection_folder_raises_data_layout_error(cxr_dir):
+    (cxr_dir / "figure1/metadata.csv").unlink()
+    with pytest.raises(DataLayoutError, match="missing figure1/metadata.csv"):
+        resolve_data_dir(cxr_dir)
+
+
+def test_data_dir_falls_back_to_environment_variable(cxr_dir, monkeypatch):
+    monkeypatch.setenv(DATA_ENV, str(cxr_dir))
+    assert resolve_data_dir(None) == cxr_dir.resolve()
+    monkeypatch.delenv(DATA_ENV)
+    with pytest.raises(DataLayoutError, match=DATA_ENV):
+        resolve_data_dir(None)
+
+
+def test_on_error_must_be_raise_or_skip(cxr_dir, tmp_path):
+    with pytest.raises(ValueError, match="on_error"):
+        build(cxr_dir, tmp_path / "ds", on_error="ignore")
+
+
+# ---- cache round trips ----
+
+def test_pack_and_load_round_trip_gives_identical_pixels_and_manifest_hash(cxr_dir, tmp_path):
+    info = build(cxr_dir, tmp_path / "ds")
+    folder = load_dataset(tmp_path / "ds")
+    packed = load_dataset(pack(tmp_path / "ds", tmp_path / "ds.npz"))
+    assert folder.images.shape == (sum(SMALL.values()), 200, 266, 3) and folder.images.dtype == np.uint8
+    np.testing.assert_array_equal(packed.images, folder.images)
+    np.testing.assert_array_equal(packed.labels, folder.labels)
+    assert packed.manifest_sha256 == folder.manifest_sha256 == info["manifest_sha256"]
+    assert list(packed.groups) == list(folder.groups)
+
+
+def test_cached_pixels_match_manifest_pixel_hashes(cxr_dir, tmp_path):
+    import hashlib
+    build(cxr_dir, tmp_path / "ds")
+    ds = load_dataset(tmp_path / "ds")
+    assert [hashlib.sha256(a.tobytes()).hexdigest() for a in ds.images] == \
+           [r["pixels_sha256"] for r in ds.manifest]
+
+
+def test_load_dataset_limit_keeps_a_stratified_subset(cxr_dir, tmp_path):
+    build(cxr_dir, tmp_path / "ds", counts={"covid": 6, "normal": 6, "pneumonia": 6})
+    ds = load_dataset(tmp_path / "ds", limit=9, seed=0)
+    assert len(ds) == 9 and np.bincount(ds.labels).tolist() == [3, 3, 3]
+
+
+def test_load_dataset_without_manifest_says_how_to_build(tmp_path):
+    with pytest.raises(DataLayoutError, match="make dataset"):
+        load_dataset(tmp_path / "nothing")
