@@ -1,0 +1,196 @@
+"""Table 1 as data, and the model builder: a keras.applications base, frozen up to the
+paper's layer cutoff, with the paper's classifier on top.
+
+Backend-agnostic Keras 3 (TensorFlow on the CPU here, JAX on a GPU machine).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One row of the paper's Table 1 plus what Keras needs to build it."""
+
+    key: str            #: our identifier (papermill parameter ``backbone``)
+    name: str           #: the paper's name
+    application: str    #: constructor in ``keras.applications``
+    module: str         #: ``keras.applications`` module holding ``preprocess_input``
+    cutoff: int         #: untrainable layers from the input (Table 1)
+    hidden: tuple       #: hidden layer sizes of the classifier (Table 1)
+    n_layers: int       #: layers of the base with include_top=False
+    offline_weights: str | None = None  #: file name of the recovered weights in ``../shared/weights``
+
+
+#: The paper's Table 1: layer cutoff and classifier per backbone.
+TABLE1 = (
+    Backbone("vgg19", "VGG19", "VGG19", "vgg19", 18, (1024,), 22),
+    Backbone("mobilenet", "MobileNet v1", "MobileNet", "mobilenet", 10, (1000, 750), 86,
+             "mobilenet_1_0_224_imagenet_notop.partial.weights.h5"),
+    Backbone("inception_v3", "Inception v3", "InceptionV3", "inception_v3", 249, (1000,), 311,
+             "inception_v3_imagenet_notop.partial.weights.h5"),
+    Backbone("xception", "Xception", "Xception", "xception", 120, (1000, 750), 132),
+    Backbone("inception_resnet_v2", "Inception ResNet v2", "InceptionResNetV2",
+             "inception_resnet_v2", 730, (), 780),
+)
+BACKBONES = {b.key: b for b in TABLE1}
+
+
+def get_backbone(key: str) -> Backbone:
+    """Look up a Table 1 row by key, with a clear error for unknown names."""
+    try:
+        return BACKBONES[key]
+    except KeyError:
+        raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {key!r}") from None
+
+
+def preprocess_input(backbone: str, images: np.ndarray) -> np.ndarray:
+    """Scale uint8 RGB images the way the backbone's ImageNet weights expect (float32).
+
+    VGG19: 'caffe' (BGR, ImageNet mean subtracted); the others: [-1, 1].
+    """
+    import keras
+
+    mod = getattr(keras.applications, get_backbone(backbone).module)
+    return np.asarray(mod.preprocess_input(np.asarray(images, dtype=np.float32).copy()), dtype=np.float32)
+
+
+class WeightsUnavailable(RuntimeError):
+    """ImageNet weights were asked for but cannot be had; the message says what to do."""
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_provenance(weights) -> dict:
+    """Describe a ``weights`` argument: kind, file, SHA-256, and what a JSON card beside it says.
+
+    ``weights`` is ``"none"``, ``"imagenet"`` (Keras' own download) or a path to a
+    Keras ``.weights.h5`` file of the base (include_top=False).
+    """
+    if weights in (None, "none"):
+        return {"requested": "none", "kind": "none", "file": None, "sha256": None,
+                "complete_imagenet": False, "missing_tensors": None}
+    if weights == "imagenet":
+        return {"requested": "imagenet", "kind": "imagenet (keras download)", "file": None,
+                "sha256": None, "complete_imagenet": True, "missing_tensors": []}
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} not found; pass an existing .weights.h5, 'imagenet' or 'none'")
+    card_path = path.with_name(path.name.replace(".weights.h5", ".json"))
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    missing = card.get("missing_tensors")
+    partial = bool(missing) or ".partial." in path.name
+    return {"requested": str(weights), "kind": "partial imagenet file" if partial else "file",
+            "file": path.name, "sha256": sha256_file(path), "complete_imagenet": False if partial else None,
+            "missing_tensors": missing, "missing_parameters": card.get("missing_parameters"),
+            "origin": card.get("origin")}
+
+
+def build_model(backbone: str, input_shape=(200, 266, 3), weights="none", pooling="avg",
+                dropout=0.5, n_classes=3, seed=0):
+    """Build Table 1's network for ``backbone``: base frozen below the cutoff, classifier on top.
+
+    Parameters
+    ----------
+    backbone : str
+        A key of :data:`BACKBONES`.
+    input_shape : (int, int, int), default (200, 266, 3)
+        Height, width, channels.
+    weights : {"none", "imagenet"} or path, default "none"
+        Base initialisation: random, Keras' ImageNet download (needs internet),
+        or a local ``.weights.h5`` of the base.
+    pooling : {"avg", "max", "flatten"}, default "avg"
+        How the base's feature map becomes a vector (unstated in the paper).
+    dropout : float, default 0.5
+        Dropout rate between the two hidden layers, where Table 1 has two.
+    n_classes : int, default 3
+    seed : int, default 0
+        Seed for the random initialisation of every layer.
+
+    Returns
+    -------
+    keras.Model
+        A flat functional model: ``model.layers[:cutoff]`` are the frozen base layers.
+    """
+    import keras
+
+    spec = get_backbone(backbone)
+    if pooling not in ("avg", "max", "flatten"):
+        raise ValueError(f"pooling must be 'avg', 'max' or 'flatten', got {pooling!r}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    keras.utils.set_random_seed(seed)
+    ctor = getattr(keras.applications, spec.application)
+    keras_weights = None
+    if weights == "imagenet":
+        keras_weights = "imagenet"
+    elif weights not in (None, "none"):
+        weights_provenance(weights)  # existence check with a clear error
+    try:
+        base = ctor(include_top=False, weights=keras_weights, input_shape=tuple(input_shape))
+    except Exception as err:  # the download failed (offline) or Keras refused the shape
+        if keras_weights == "imagenet":
+            local = f" (an offline partial copy: ../shared/weights/{spec.offline_weights})" if spec.offline_weights else ""
+            raise WeightsUnavailable(
+                f"Keras could not get the ImageNet weights of {spec.application} ({type(err).__name__}: {err}). "
+                f"Offline, pass weights=<path to a .weights.h5 of the base>{local}, or weights='none' "
+                "to train from a random initialisation (the book then labels the backbone).") from None
+        raise
+    if keras_weights is None and weights not in (None, "none"):
+        base.load_weights(str(weights))
+    if len(base.layers) != spec.n_layers:
+        raise RuntimeError(f"{spec.application} has {len(base.layers)} layers in this Keras, Table 1 assumes "
+                           f"{spec.n_layers}; the cutoff {spec.cutoff} would not mean the paper's layer")
+    for i, layer in enumerate(base.layers):
+        layer.trainable = i >= spec.cutoff
+    x = base.output
+    x = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D,
+         "flatten": keras.layers.Flatten}[pooling](name="head_pool")(x)
+    for j, units in enumerate(spec.hidden):
+        x = keras.layers.Dense(units, activation="relu", name=f"head_dense_{j + 1}")(x)
+        if len(spec.hidden) == 2 and j == 0:
+            x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
+    out = keras.layers.Dense(n_classes, activation="softmax", name="head_softmax")(x)
+    return keras.Model(base.input, out, name=f"{backbone}_transfer")
+
+
+def n_frozen(model) -> int:
+    """Number of layers that training leaves untouched (Table 1's cutoff, if built by :func:`build_model`)."""
+    return sum(not layer.trainable for layer in model.layers)
+
+
+def split_at_cutoff(model, cutoff: int):
+    """Split a flat model into the frozen part and the trainable tail.
+
+    Returns ``(frozen, tail)``: ``frozen`` maps the input to every tensor that a
+    layer at or after ``cutoff`` reads from a layer before it (several when skip
+    connections cross the cutoff); ``tail`` maps those tensors to the output and
+    shares its layers, hence its weights, with ``model``.
+    """
+    import keras
+
+    before = {id(layer) for layer in model.layers[:cutoff]}
+    crossing, seen = [], set()
+    for layer in model.layers[cutoff:]:
+        for node in layer._inbound_nodes:
+            for t in node.input_tensors:
+                op = t._keras_history[0]
+                if id(op) in before and id(t) not in seen:
+                    seen.add(id(t))
+                    crossing.append(t)
+    if not crossing:
+        raise ValueError(f"no tensor crosses cutoff {cutoff}")
+    frozen = keras.Model(model.input, crossing, name="frozen_part")
+    tail = keras.Model(crossing, model.output, name="trainable_tail")
+    return frozen, tail

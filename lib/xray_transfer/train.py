@@ -1,0 +1,310 @@
+"""Stratified k-fold cross-validation with the paper's protocol, resumable, and a fast path.
+
+The fast path: layers below Table 1's cutoff are frozen, their batch normalisation
+runs in inference mode and no augmentation is applied, so they compute the same
+outputs for an image in every epoch of every fold. We compute those outputs once
+per run and train only the tail on them. Same mathematics, a fraction of the work
+when the cutoff is deep (see ``tests/test_train.py`` for the equivalence test).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .models import build_model, get_backbone, preprocess_input, split_at_cutoff, weights_provenance
+
+#: The paper's protocol (Section 2.3); unstated choices are marked in DEFAULT_NOTES.
+DEFAULTS = dict(backbone="mobilenet", weights="none", n_splits=10, epochs=10, batch_size=64,
+                learning_rate=1e-4, dropout=0.5, pooling="avg", seed=0, image_size=(200, 266),
+                fast="auto", group_by_patient=False, image_mask="none")
+DEFAULT_NOTES = {
+    "learning_rate": "unstated in the paper; 1e-4, a common Adam rate for fine-tuning",
+    "dropout": "unstated; 0.5 (Hinton et al. 2012) between the two hidden layers",
+    "pooling": "unstated; global average pooling between base and classifier",
+    "loss": "unstated; softmax output with categorical cross-entropy",
+    "scaling": "unstated; each backbone's own keras.applications preprocess_input",
+    "augmentation": "none (discussed in Section 2.2, not stated as used)",
+}
+PROTOCOL = dict(n_splits=10, epochs=10, batch_size=64, image_size=(200, 266))
+
+
+def make_config(**params) -> dict:
+    """Validate training parameters and fill in defaults; names any bad value.
+
+    >>> make_config(backbone="vgg19", epochs=1)["epochs"]
+    1
+    """
+    unknown = set(params) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    cfg = {**DEFAULTS, **params}
+    get_backbone(cfg["backbone"])
+    for k in ("n_splits", "epochs", "batch_size"):
+        if not isinstance(cfg[k], (int, np.integer)) or cfg[k] < 1:
+            raise ValueError(f"{k} must be a positive integer, got {cfg[k]!r}")
+    if cfg["n_splits"] < 2:
+        raise ValueError(f"n_splits must be at least 2, got {cfg['n_splits']!r}")
+    if not (isinstance(cfg["learning_rate"], (int, float)) and cfg["learning_rate"] > 0):
+        raise ValueError(f"learning_rate must be a positive number, got {cfg['learning_rate']!r}")
+    size = tuple(int(v) for v in cfg["image_size"])
+    if len(size) != 2 or min(size) < 32:
+        raise ValueError(f"image_size must be (height, width), each at least 32, got {cfg['image_size']!r}")
+    cfg["image_size"] = list(size)
+    if cfg["fast"] not in ("auto", True, False):
+        raise ValueError(f"fast must be 'auto', True or False, got {cfg['fast']!r}")
+    if cfg["image_mask"] not in ("none", "lungs_hidden"):
+        raise ValueError(f"image_mask must be 'none' or 'lungs_hidden', got {cfg['image_mask']!r}")
+    if cfg["weights"] not in ("none", "imagenet"):
+        cfg["weights"] = str(cfg["weights"])
+    cfg["seed"] = int(cfg["seed"])
+    return cfg
+
+
+def is_full_protocol(cfg: dict, n_images: int | None = None) -> bool:
+    """True when a run used the paper's folds, epochs, batch size and input size."""
+    same = all(list(cfg[k]) == list(v) if isinstance(v, tuple) else cfg[k] == v for k, v in PROTOCOL.items())
+    return same and (n_images is None or n_images >= 1400)
+
+
+def make_folds(labels, n_splits=10, seed=0, groups=None) -> np.ndarray:
+    """Fold number of every image: stratified, shuffled with ``seed``; patient-grouped if ``groups``."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    labels = np.asarray(labels)
+    fold = np.full(len(labels), -1)
+    if groups is None:
+        splits = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(labels, labels)
+    else:
+        splits = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(labels, labels, groups)
+    for k, (_, test) in enumerate(splits):
+        fold[test] = k
+    return fold
+
+
+def resize_images(images: np.ndarray, image_size) -> np.ndarray:
+    """Resize a uint8 batch to (height, width) with PIL (only for reduced smoke settings)."""
+    h, w = image_size
+    if images.shape[1:3] == (h, w):
+        return images
+    from PIL import Image
+    return np.stack([np.asarray(Image.fromarray(a).resize((w, h), Image.Resampling.LANCZOS)) for a in images])
+
+
+def hide_lungs(images: np.ndarray, keep=0.15) -> np.ndarray:
+    """Black out everything but a border of width ``keep`` (fraction of each side).
+
+    The lungs lie in the central region of a frontal chest X-ray; a model that
+    still tells the classes apart from the border uses something other than the lungs.
+    """
+    out = images.copy()
+    h, w = images.shape[1:3]
+    dy, dx = int(round(h * keep)), int(round(w * keep))
+    out[:, dy:h - dy, dx:w - dx] = 0
+    return out
+
+
+def use_fast_path(cfg: dict) -> tuple[bool, str]:
+    """Whether to cache frozen outputs: yes when at least half the base's layers are frozen."""
+    spec = get_backbone(cfg["backbone"])
+    share = spec.cutoff / spec.n_layers
+    if cfg["fast"] in (True, False):
+        return bool(cfg["fast"]), f"forced by fast={cfg['fast']} ({share:.0%} of base layers frozen)"
+    if share >= 0.5:
+        return True, f"{share:.0%} of the base's layers are frozen: their outputs are computed once"
+    return False, f"only {share:.0%} of the base's layers are frozen: caching would not pay"
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
+class Trainer:
+    """Builds the model once and trains it fold after fold from the same initial state.
+
+    Reusing one model (weights and optimizer state reset per fold) keeps the
+    compiled training step, so no fold pays for compilation again.
+    """
+
+    def __init__(self, cfg: dict, images: np.ndarray):
+        import keras
+
+        self.cfg = cfg
+        self.spec = get_backbone(cfg["backbone"])
+        h, w = cfg["image_size"]
+        self.model = build_model(cfg["backbone"], input_shape=(h, w, 3), weights=cfg["weights"],
+                                 pooling=cfg["pooling"], dropout=cfg["dropout"], seed=cfg["seed"])
+        self.fast, self.fast_reason = use_fast_path(cfg)
+        x = preprocess_input(cfg["backbone"], images)
+        t0 = time.perf_counter()
+        if self.fast:
+            frozen, self.net = split_at_cutoff(self.model, self.spec.cutoff)
+            feats = frozen.predict(x, batch_size=cfg["batch_size"], verbose=0)
+            self.inputs = feats if isinstance(feats, list) else [feats]
+        else:
+            self.net, self.inputs = self.model, [x]
+        self.feature_seconds = time.perf_counter() - t0 if self.fast else 0.0
+        del x
+        self.net.compile(optimizer=keras.optimizers.Adam(cfg["learning_rate"]),
+                         loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        self.net.optimizer.build(self.net.trainable_variables)
+        self._init_model = [v.numpy() for v in self.model.variables]
+        self._init_opt = [v.numpy() for v in self.net.optimizer.variables]
+
+    def reset(self):
+        """Back to the initial weights, optimizer state and dropout seed."""
+        for v, a in zip(self.model.variables, self._init_model):
+            v.assign(a)
+        for v, a in zip(self.net.optimizer.variables, self._init_opt):
+            v.assign(a)
+
+    def _take(self, idx):
+        xs = [a[idx] for a in self.inputs]
+        return xs if len(xs) > 1 else xs[0]
+
+    def fit_fold(self, train_idx, test_idx, labels, fold_seed, progress=None) -> dict:
+        """Train on ``train_idx`` for the configured epochs; return history and test probabilities."""
+        cfg = self.cfg
+        self.reset()
+        rng = np.random.default_rng(fold_seed)
+        xte, yte = self._take(test_idx), labels[test_idx]
+        history = {"loss": [], "accuracy": [], "test_loss": [], "test_accuracy": [], "seconds": []}
+        for epoch in range(cfg["epochs"]):
+            perm = train_idx[rng.permutation(len(train_idx))]
+            t0 = time.perf_counter()
+            h = self.net.fit(self._take(perm), labels[perm], batch_size=cfg["batch_size"], epochs=1,
+                             shuffle=False, verbose=0)
+            dt = time.perf_counter() - t0
+            ev = self.net.evaluate(xte, yte, batch_size=cfg["batch_size"], verbose=0, return_dict=True)
+            history["loss"].append(float(h.history["loss"][0]))
+            history["accuracy"].append(float(h.history["accuracy"][0]))
+            history["test_loss"].append(float(ev["loss"]))
+            history["test_accuracy"].append(float(ev["accuracy"]))
+            history["seconds"].append(dt)
+            if progress is not None:
+                progress.set_postfix(epoch=epoch + 1, loss=f"{history['loss'][-1]:.3f}",
+                                     acc=f"{history['accuracy'][-1]:.3f}", test_acc=f"{history['test_accuracy'][-1]:.3f}")
+                progress.update(1)
+        t0 = time.perf_counter()
+        probs = self.net.predict(xte, batch_size=cfg["batch_size"], verbose=0)
+        return {"history": history, "probs": np.asarray(probs, dtype=np.float64),
+                "predict_seconds": time.perf_counter() - t0}
+
+
+def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, **params) -> dict:
+    """Run (or resume) k-fold cross-validation and write one artifact per fold.
+
+    Parameters
+    ----------
+    dataset : xray_transfer.data.Dataset
+        Images (uint8), labels, manifest and its hash.
+    output_dir : path
+        Gets ``run.json`` (parameters and provenance), ``folds.csv`` (fold of every
+        image) and ``fold-XX.json`` (history, test probabilities, confusion
+        matrix, timings), each written atomically. Folds already there are skipped.
+    progress : bool, default True
+        Progress bars per fold and epoch.
+    folds_to_run : list of int, optional
+        Only these folds (for tests of resuming); default all.
+    **params
+        Training parameters, see :data:`DEFAULTS` and :func:`make_config`.
+
+    Returns
+    -------
+    dict
+        The run record (``run.json``).
+    """
+    from tqdm import tqdm
+
+    from .metrics import confusion
+    from .provenance import environment
+
+    cfg = make_config(**params)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record_path = out / "run.json"
+    groups = dataset.groups if cfg["group_by_patient"] else None
+    fold_of = make_folds(dataset.labels, cfg["n_splits"], cfg["seed"], groups)
+    files = [r["file"] for r in dataset.manifest]
+    if record_path.exists():
+        old = json.loads(record_path.read_text())
+        if old["params"] != cfg or old["dataset"]["manifest_sha256"] != dataset.manifest_sha256:
+            diff = {k: (old["params"].get(k), cfg[k]) for k in cfg if old["params"].get(k) != cfg[k]}
+            if old["dataset"]["manifest_sha256"] != dataset.manifest_sha256:
+                diff["manifest_sha256"] = (old["dataset"]["manifest_sha256"], dataset.manifest_sha256)
+            raise ValueError(f"{out} holds a run with other parameters {diff} (old, new); "
+                             "choose another output_dir or delete that one")
+        record = old
+    else:
+        counts = np.bincount(dataset.labels, minlength=3).tolist()
+        record = {"params": cfg, "notes": DEFAULT_NOTES,
+                  "full_protocol": is_full_protocol(cfg, len(dataset)),
+                  "dataset": {"manifest_sha256": dataset.manifest_sha256, "n_images": len(dataset),
+                              "counts": counts},
+                  "weights": weights_provenance(cfg["weights"]),
+                  "environment": environment(), "folds_done": [], "feature_cache": None}
+        with open(out / ".folds.csv.tmp", "w") as f:
+            f.write("index,file,label,patient_id,fold\n")
+            for i, r in enumerate(dataset.manifest):
+                f.write(f"{i},{r['file']},{dataset.labels[i]},{r['patient_id']},{fold_of[i]}\n")
+        os.replace(out / ".folds.csv.tmp", out / "folds.csv")
+        _atomic_json(record_path, record)
+    todo = [k for k in range(cfg["n_splits"]) if not (out / f"fold-{k:02d}.json").exists()]
+    if folds_to_run is not None:
+        todo = [k for k in todo if k in folds_to_run]
+    if not todo:
+        return record
+    images = resize_images(dataset.images, cfg["image_size"])
+    if cfg["image_mask"] == "lungs_hidden":
+        images = hide_lungs(images)
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, images)
+    setup_seconds = time.perf_counter() - t0
+    record["feature_cache"] = {"used": trainer.fast, "reason": trainer.fast_reason,
+                               "seconds": round(trainer.feature_seconds, 3), "setup_seconds": round(setup_seconds, 3)}
+    env = environment()
+    bar = tqdm(total=len(todo) * cfg["epochs"], desc=f"{cfg['backbone']} folds {todo[0]}-{todo[-1]}",
+               unit="epoch", disable=not progress, file=sys.stdout, mininterval=1.0)
+    for k in todo:
+        bar.set_description(f"{cfg['backbone']} fold {k + 1}/{cfg['n_splits']}")
+        train_idx, test_idx = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
+        t0 = time.perf_counter()
+        res = trainer.fit_fold(train_idx, test_idx, dataset.labels, fold_seed=cfg["seed"] * 1000 + k, progress=bar)
+        wall = time.perf_counter() - t0
+        y_true, y_pred = dataset.labels[test_idx], res["probs"].argmax(1)
+        fit_seconds = sum(res["history"]["seconds"])
+        fold = {"fold": k, "n_train": len(train_idx), "n_test": len(test_idx),
+                "test_index": test_idx.tolist(), "test_file": [files[i] for i in test_idx],
+                "y_true": y_true.tolist(), "probs": np.round(res["probs"], 6).tolist(),
+                "confusion": confusion(y_true, y_pred).tolist(), "history": res["history"],
+                "timing": {"wall_seconds": wall, "fit_seconds": fit_seconds,
+                           "predict_seconds": res["predict_seconds"],
+                           "train_images_per_second": len(train_idx) * cfg["epochs"] / fit_seconds,
+                           "fast_path": trainer.fast},
+                "backend": env["backend"], "device": env["device"]}
+        _atomic_json(out / f"fold-{k:02d}.json", fold)
+        record["folds_done"] = sorted(set(record["folds_done"]) | {k})
+        _atomic_json(record_path, record)
+    bar.close()
+    return record
+
+
+def load_folds(output_dir) -> list[dict]:
+    """All ``fold-XX.json`` of a run, in fold order."""
+    return [json.loads(p.read_text()) for p in sorted(Path(output_dir).glob("fold-*.json"))]
