@@ -293,7 +293,10 @@ def assemble(data_dir=None, out_dir="data/dataset", size=OUTPUT_SIZE, counts=Non
 
 
 def _progress(total, desc, enabled):
-    from tqdm.auto import tqdm
+    if enabled:  # tqdm.auto warns in notebooks without ipywidgets, so import it only when asked
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
     return tqdm(total=total, desc=desc, disable=not enabled, unit="img")
 
 
