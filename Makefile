@@ -44,10 +44,21 @@ OUT ?= artifacts/$(CH)
 run: $(STAMP)  ## execute notebooks/$(CH).md with papermill into $(OUT)/$(CH).ipynb
 	mkdir -p $(OUT) _build/papermill
 	$(BIN)/jupytext --to ipynb -o _build/papermill/$(CH).ipynb notebooks/$(CH).md
-	$(BIN)/papermill --cwd notebooks _build/papermill/$(CH).ipynb $(OUT)/$(CH).ipynb -p output_dir ../$(OUT) $(ARGS)
+	$(BIN)/papermill --cwd notebooks _build/papermill/$(CH).ipynb $(OUT)/$(CH).ipynb -p output_dir $(abspath $(OUT)) $(ARGS)
 
-train-all: $(STAMP)  ## the full protocol for all five backbones (resumes finished folds)
-	for b in $(BACKBONES); do $(MAKE) run CH=training OUT=artifacts/runs/$$b ARGS="-p backbone $$b $(ARGS)" || exit 1; done
+# Initial weights per backbone: the offline partial ImageNet files where they exist,
+# else none. Online, pass weights_vgg19=imagenet (etc.) for Keras' own download.
+WEIGHTS_DIR ?= $(abspath ../shared/weights)
+weights_vgg19 ?= none
+weights_mobilenet ?= $(WEIGHTS_DIR)/mobilenet_1_0_224_imagenet_notop.partial.weights.h5
+weights_inception_v3 ?= $(WEIGHTS_DIR)/inception_v3_imagenet_notop.partial.weights.h5
+weights_xception ?= none
+weights_inception_resnet_v2 ?= none
+
+train-%: $(STAMP)  ## e.g. make train-vgg19: the training chapter for one backbone (resumes finished folds)
+	$(MAKE) run CH=training OUT=artifacts/runs/$* ARGS="-p backbone $* -p weights $(weights_$*) $(ARGS)"
+
+train-all: $(addprefix train-,$(BACKBONES))  ## the full protocol for all five backbones
 
 results: $(STAMP)  ## regenerate results/table{1,2,3}.csv from the run artifacts
 	$(BIN)/python -m xray_transfer.results --write

@@ -242,22 +242,25 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, **para
     groups = dataset.groups if cfg["group_by_patient"] else None
     fold_of = make_folds(dataset.labels, cfg["n_splits"], cfg["seed"], groups)
     files = [r["file"] for r in dataset.manifest]
+    weights = weights_provenance(cfg["weights"])
+    identity = {"params": {k: v for k, v in cfg.items() if k != "weights"},
+                "weights": {k: weights[k] for k in ("kind", "sha256")},
+                "manifest_sha256": dataset.manifest_sha256, "files_sha256": _files_digest(files)}
     if record_path.exists():
         old = json.loads(record_path.read_text())
-        if old["params"] != cfg or old["dataset"]["manifest_sha256"] != dataset.manifest_sha256:
-            diff = {k: (old["params"].get(k), cfg[k]) for k in cfg if old["params"].get(k) != cfg[k]}
-            if old["dataset"]["manifest_sha256"] != dataset.manifest_sha256:
-                diff["manifest_sha256"] = (old["dataset"]["manifest_sha256"], dataset.manifest_sha256)
-            raise ValueError(f"{out} holds a run with other parameters {diff} (old, new); "
+        if old.get("identity") != identity:
+            was = old.get("identity") or {}
+            diff = {k: (was.get(k), v) for k, v in identity.items() if was.get(k) != v}
+            raise ValueError(f"{out} holds a run with other parameters, weights or images {diff} (old, new); "
                              "choose another output_dir or delete that one")
         record = old
     else:
         counts = np.bincount(dataset.labels, minlength=3).tolist()
-        record = {"params": cfg, "notes": DEFAULT_NOTES,
+        record = {"params": cfg, "identity": identity, "notes": DEFAULT_NOTES,
                   "full_protocol": is_full_protocol(cfg, len(dataset)),
                   "dataset": {"manifest_sha256": dataset.manifest_sha256, "n_images": len(dataset),
                               "counts": counts},
-                  "weights": weights_provenance(cfg["weights"]),
+                  "weights": weights,
                   "environment": environment(), "folds_done": [], "feature_cache": None}
         with open(out / ".folds.csv.tmp", "w") as f:
             f.write("index,file,label,patient_id,fold\n")
@@ -303,6 +306,11 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, **para
         _atomic_json(record_path, record)
     bar.close()
     return record
+
+
+def _files_digest(files) -> str:
+    import hashlib
+    return hashlib.sha256("\n".join(files).encode()).hexdigest()
 
 
 def load_folds(output_dir) -> list[dict]:

@@ -1,0 +1,80 @@
+"""Command line: ``xray-transfer assemble|pack|train|benchmark|predict`` (see ``--help``).
+
+The chapters call the same library functions; the command line is for machines
+without Jupyter (a GPU machine) and for the Makefile.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="xray-transfer", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    a = sub.add_parser("assemble", help="select and letterbox the dataset from the collections")
+    a.add_argument("--data", default=None, help="collections folder (default $XRAY_DATA_DIR)")
+    a.add_argument("--out", default="data/dataset")
+    a.add_argument("--strict", action="store_true",
+                   help="fail if a class has fewer images than the paper (default: take all, recorded)")
+    a.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of failing")
+
+    k = sub.add_parser("pack", help="pack the dataset cache into one .npz to carry to another machine")
+    k.add_argument("--dataset", default="data/dataset")
+    k.add_argument("--out", default="data/dataset.npz")
+
+    t = sub.add_parser("train", help="cross-validate one backbone (resumes finished folds)")
+    t.add_argument("--dataset", default="data/dataset", help="dataset folder or .npz pack")
+    t.add_argument("--out", required=True, help="run folder (artifacts)")
+    t.add_argument("--backbone", required=True)
+    t.add_argument("--weights", default="none", help="'none', 'imagenet' or a .weights.h5 path")
+    t.add_argument("--n-splits", type=int, default=10)
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--learning-rate", type=float, default=1e-4)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--limit", type=int, default=None, help="stratified subset of this many images")
+    t.add_argument("--group-by-patient", action="store_true")
+    t.add_argument("--image-mask", default="none", choices=["none", "lungs_hidden"])
+    t.add_argument("--fast", default="auto", choices=["auto", "on", "off"])
+    t.add_argument("--image-size", type=int, nargs=2, default=[200, 266], metavar=("HEIGHT", "WIDTH"))
+
+    b = sub.add_parser("benchmark", help="time plain model.fit against the fast path, per backbone")
+    b.add_argument("--dataset", default="data/dataset")
+    b.add_argument("--out", default="artifacts/benchmark")
+    b.add_argument("--backbones", nargs="+", default=None)
+    b.add_argument("--epochs", type=int, default=2)
+    b.add_argument("--limit", type=int, default=None)
+
+    args = p.parse_args(argv)
+    if args.cmd == "assemble":
+        from .data import assemble
+        info = assemble(args.data, args.out, allow_shortfall=not args.strict,
+                        on_error="skip" if args.skip_bad else "raise")
+        print(json.dumps({k: v for k, v in info.items() if k != "skipped"}, indent=1))
+        print(f"skipped {len(info['skipped'])} unreadable images")
+    elif args.cmd == "pack":
+        from .data import pack
+        print(pack(args.dataset, args.out))
+    elif args.cmd == "train":
+        from .data import load_dataset
+        from .train import cross_validate
+        ds = load_dataset(args.dataset, limit=args.limit, seed=args.seed)
+        fast = {"auto": "auto", "on": True, "off": False}[args.fast]
+        rec = cross_validate(ds, args.out, backbone=args.backbone, weights=args.weights,
+                             n_splits=args.n_splits, epochs=args.epochs, batch_size=args.batch_size,
+                             learning_rate=args.learning_rate, seed=args.seed, fast=fast,
+                             group_by_patient=args.group_by_patient, image_mask=args.image_mask,
+                             image_size=tuple(args.image_size))
+        print(f"{args.backbone}: folds done {rec['folds_done']}")
+    elif args.cmd == "benchmark":
+        from .benchmark import run_benchmark
+        run_benchmark(args.dataset, args.out, backbones=args.backbones, epochs=args.epochs,
+                      limit=args.limit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
