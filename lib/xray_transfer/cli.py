@@ -41,6 +41,19 @@ def main(argv=None) -> int:
     t.add_argument("--fast", default="auto", choices=["auto", "on", "off"])
     t.add_argument("--image-size", type=int, nargs=2, default=[200, 266], metavar=("HEIGHT", "WIDTH"))
 
+    f = sub.add_parser("final", help="train on all images with the protocol and save the model (.keras)")
+    f.add_argument("--dataset", default="data/dataset")
+    f.add_argument("--backbone", required=True)
+    f.add_argument("--weights", default="none")
+    f.add_argument("--out", default=None, help="model file (default data/models/<backbone>.keras)")
+    f.add_argument("--epochs", type=int, default=10)
+
+    q = sub.add_parser("predict", help="class probabilities for every X-ray in a folder (CSV)")
+    q.add_argument("--model", required=True, help="a .keras file from `xray-transfer final`")
+    q.add_argument("--input", required=True, help="folder of images (searched recursively)")
+    q.add_argument("--out", required=True, help="CSV to write")
+    q.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
+
     b = sub.add_parser("benchmark", help="time plain model.fit against the fast path, per backbone")
     b.add_argument("--dataset", default="data/dataset")
     b.add_argument("--out", default="artifacts/benchmark")
@@ -69,6 +82,19 @@ def main(argv=None) -> int:
                              group_by_patient=args.group_by_patient, image_mask=args.image_mask,
                              image_size=tuple(args.image_size))
         print(f"{args.backbone}: folds done {rec['folds_done']}")
+    elif args.cmd == "final":
+        from .data import load_dataset
+        from .train import fit_final
+        out = args.out or f"data/models/{args.backbone}.keras"
+        rec = fit_final(load_dataset(args.dataset), out, backbone=args.backbone, weights=args.weights,
+                        epochs=args.epochs)
+        print(f"{out}: sha256 {rec['model_sha256']}, {rec['fit_seconds']:.0f} s")
+    elif args.cmd == "predict":
+        from .predict import predict_folder
+        res = predict_folder(args.model, args.input, args.out, on_error="raise" if args.strict else "skip")
+        print(json.dumps(res))
+        if res["skipped"]:
+            print(f"{res['skipped']} unreadable file(s) skipped; see the 'error' column of {args.out}", file=sys.stderr)
     elif args.cmd == "benchmark":
         from .benchmark import run_benchmark
         run_benchmark(args.dataset, args.out, backbones=args.backbones, epochs=args.epochs,

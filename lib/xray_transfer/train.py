@@ -191,7 +191,8 @@ class Trainer:
             h = self.net.fit(self._take(perm), labels[perm], batch_size=cfg["batch_size"], epochs=1,
                              shuffle=False, verbose=0)
             dt = time.perf_counter() - t0
-            ev = self.net.evaluate(xte, yte, batch_size=cfg["batch_size"], verbose=0, return_dict=True)
+            ev = (self.net.evaluate(xte, yte, batch_size=cfg["batch_size"], verbose=0, return_dict=True)
+                  if len(test_idx) else {"loss": float("nan"), "accuracy": float("nan")})
             history["loss"].append(float(h.history["loss"][0]))
             history["accuracy"].append(float(h.history["accuracy"][0]))
             history["test_loss"].append(float(ev["loss"]))
@@ -202,7 +203,8 @@ class Trainer:
                                      acc=f"{history['accuracy'][-1]:.3f}", test_acc=f"{history['test_accuracy'][-1]:.3f}")
                 progress.update(1)
         t0 = time.perf_counter()
-        probs = self.net.predict(xte, batch_size=cfg["batch_size"], verbose=0)
+        probs = (self.net.predict(xte, batch_size=cfg["batch_size"], verbose=0) if len(test_idx)
+                 else np.zeros((0, 3)))
         return {"history": history, "probs": np.asarray(probs, dtype=np.float64),
                 "predict_seconds": time.perf_counter() - t0}
 
@@ -305,6 +307,44 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, **para
         record["folds_done"] = sorted(set(record["folds_done"]) | {k})
         _atomic_json(record_path, record)
     bar.close()
+    return record
+
+
+def fit_final(dataset, model_path, progress=True, **params) -> dict:
+    """Train on every image with the protocol and save the whole model (``.keras``) for prediction.
+
+    Writes ``model_path`` and, beside it, ``<name>.json`` with the parameters,
+    provenance, history and the model file's SHA-256. Returns that record.
+    """
+    from tqdm import tqdm
+
+    from .models import sha256_file
+    from .provenance import environment
+
+    cfg = make_config(**params)
+    model_path = Path(model_path)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    images = resize_images(dataset.images, cfg["image_size"])
+    if cfg["image_mask"] == "lungs_hidden":
+        images = hide_lungs(images)
+    trainer = Trainer(cfg, images)
+    every = np.arange(len(dataset))
+    bar = tqdm(total=cfg["epochs"], desc=f"{cfg['backbone']} on all images", unit="epoch",
+               disable=not progress, file=sys.stdout, mininterval=1.0)
+    t0 = time.perf_counter()
+    res = trainer.fit_fold(every, every[:0], dataset.labels, fold_seed=cfg["seed"] * 1000 + 999, progress=bar)
+    bar.close()
+    tmp = model_path.with_name(f".{model_path.stem}.tmp{os.getpid()}.keras")
+    trainer.model.save(tmp)
+    os.replace(tmp, model_path)
+    record = {"params": cfg, "model_file": model_path.name, "model_sha256": sha256_file(model_path),
+              "model_bytes": model_path.stat().st_size, "fit_seconds": time.perf_counter() - t0,
+              "history": {k: v for k, v in res["history"].items() if not k.startswith("test_")},
+              "dataset": {"manifest_sha256": dataset.manifest_sha256, "n_images": len(dataset),
+                          "files_sha256": _files_digest([r["file"] for r in dataset.manifest])},
+              "weights": weights_provenance(cfg["weights"]), "environment": environment(),
+              "feature_cache": {"used": trainer.fast, "reason": trainer.fast_reason}}
+    _atomic_json(model_path.with_suffix(".json"), record)
     return record
 
 

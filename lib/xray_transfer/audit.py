@@ -1,0 +1,54 @@
+"""Helpers for the leakage and shortcut audit (beyond the paper)."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from .data import resolve_data_dir
+
+
+def patient_overlap(fold_of, groups) -> np.ndarray:
+    """For every image: does another image of the same patient sit in its training folds?
+
+    >>> patient_overlap([0, 1, 0, 1], ["a", "a", "b", "c"]).tolist()
+    [True, True, False, False]
+    """
+    fold_of, groups = np.asarray(fold_of), np.asarray(groups)
+    out = np.zeros(len(fold_of), dtype=bool)
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        if len(idx) > 1:
+            for i in idx:
+                out[i] = bool((fold_of[idx] != fold_of[i]).any())
+    return out
+
+
+def read_folds(run_dir) -> dict:
+    """``folds.csv`` of a run as arrays: index, file, label, patient_id, fold."""
+    with open(Path(run_dir) / "folds.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {"file": np.array([r["file"] for r in rows]), "label": np.array([int(r["label"]) for r in rows]),
+            "patient_id": np.array([r["patient_id"] for r in rows]), "fold": np.array([int(r["fold"]) for r in rows])}
+
+
+def adult_non_covid(data_dir=None) -> list[dict]:
+    """The adult X-rays of Cohen and Figure 1 that are not COVID-19 (other findings, no finding, unlabelled).
+
+    Frontal X-rays only, as for the COVID-19 class. Each row: path, source, finding, patient_id.
+    """
+    root = resolve_data_dir(data_dir)
+    out = []
+    for source, name_col in (("cohen", "filename"), ("figure1", "imagename")):
+        with open(root / source / "metadata.csv", newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                finding = (row.get("finding") or "").strip()
+                view = (row.get("view") or "").upper()
+                if finding.startswith("COVID-19") or (row.get("modality") or "X-ray") != "X-ray" or view in ("L", "LATERAL"):
+                    continue
+                path = root / source / (row.get("folder") or "images") / row[name_col]
+                if path.is_file():
+                    out.append({"path": path, "source": source, "finding": finding or "(unlabelled)",
+                                "patient_id": f"{source}-{row['patientid']}"})
+    return out
