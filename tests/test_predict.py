@@ -1,0 +1,121 @@
+"""Folder prediction with a model trained on all images, and the audit helpers."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xray_transfer import audit, predict, saliency, train
+from xray_transfer.data import CLASSES, Dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 4)
+    images = rng.integers(0, 255, size=(12, 40, 53, 3), dtype=np.uint8)
+    images[labels == 0] //= 4  # a learnable difference
+    manifest = [{"file": f"img{i}.png", "patient_id": f"p{i}"} for i in range(12)]
+    ds = Dataset(images, labels, manifest, "synthetic")
+    path = tmp_path_factory.mktemp("models") / "vgg19.keras"
+    record = train.fit_final(ds, path, progress=False, backbone="vgg19", epochs=1, batch_size=4,
+                             image_size=(40, 53))
+    return path, record
+
+
+def test_fit_final_records_model_hash_and_provenance(tiny_model):
+    path, record = tiny_model
+    saved = json.loads(path.with_suffix(".json").read_text())
+    assert saved["model_sha256"] == record["model_sha256"] and len(saved["model_sha256"]) == 64
+    assert saved["params"]["backbone"] == "vgg19" and saved["weights"]["kind"] == "none"
+    assert saved["environment"]["git"]["commit"]
+    assert len(saved["history"]["loss"]) == 1
+
+
+def _folder(tmp_path):
+    d = tmp_path / "xrays"
+    (d / "sub").mkdir(parents=True)
+    Image.new("L", (120, 90), 40).save(d / "a.png")
+    Image.new("RGB", (60, 100), (200, 10, 10)).save(d / "sub" / "b.jpg")
+    Image.new("I;16", (80, 80)).save(d / "c16.png")
+    (d / "empty.jpeg").write_bytes(b"")
+    (d / "notes.jpg").write_text("not an image")
+    good = d / "trunc_src.jpg"
+    Image.new("L", (200, 200), 128).save(good, quality=95)
+    (d / "truncated.jpg").write_bytes(good.read_bytes()[:300])
+    good.unlink()
+    (d / "readme.txt").write_text("ignored: not an image suffix")
+    return d
+
+
+def test_predict_folder_writes_probabilities_and_lists_skipped_files(tiny_model, tmp_path):
+    path, _ = tiny_model
+    d = _folder(tmp_path)
+    out = tmp_path / "pred.csv"
+    res = predict.predict_folder(path, d, out)
+    assert res == {"images": 6, "predicted": 3, "skipped": 3, "calls": res["calls"]}
+    rows = list(csv.DictReader(open(out)))
+    assert [r["file"] for r in rows] == sorted(r["file"] for r in rows)
+    ok = [r for r in rows if not r["error"]]
+    assert {r["file"] for r in ok} == {"a.png", "sub/b.jpg", "c16.png"}
+    for r in ok:
+        p = [float(r[f"p_{c}"]) for c in CLASSES]
+        assert abs(sum(p) - 1) < 1e-4 and r["predicted"] == CLASSES[int(np.argmax(p))]
+    bad = {r["file"]: r["error"] for r in rows if r["error"]}
+    assert set(bad) == {"empty.jpeg", "notes.jpg", "truncated.jpg"}
+    assert "empty" in bad["empty.jpeg"] and "not a readable image" in bad["notes.jpg"]
+    assert "damaged" in bad["truncated.jpg"]
+
+
+def test_predict_folder_strict_stops_at_bad_file_and_writes_nothing(tiny_model, tmp_path):
+    path, _ = tiny_model
+    out = tmp_path / "pred.csv"
+    with pytest.raises(ValueError, match="empty.jpeg"):
+        predict.predict_folder(path, _folder(tmp_path), out, on_error="raise")
+    assert not out.exists() and not list(tmp_path.glob(".pred.csv.tmp*"))
+
+
+def test_load_trained_refuses_a_changed_model_file(tiny_model, tmp_path):
+    path, _ = tiny_model
+    copy = tmp_path / "m.keras"
+    copy.write_bytes(path.read_bytes() + b"x")
+    copy.with_suffix(".json").write_text(path.with_suffix(".json").read_text())
+    with pytest.raises(ValueError, match="differs from its record"):
+        predict.load_trained(copy)
+
+
+def test_predict_folder_errors_on_missing_or_empty_folder(tiny_model, tmp_path):
+    path, _ = tiny_model
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        predict.predict_folder(path, tmp_path / "nope", tmp_path / "o.csv")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        predict.predict_folder(path, tmp_path / "empty", tmp_path / "o.csv")
+
+
+def test_patient_overlap_flags_only_patients_split_across_folds():
+    fold = [0, 1, 0, 0, 1]
+    pid = ["a", "a", "b", "b", "c"]
+    assert audit.patient_overlap(fold, pid).tolist() == [True, True, False, False, False]
+
+
+def test_occlusion_map_finds_the_region_a_model_uses():
+    # A "model" whose class-0 probability is the mean brightness of the top-left 16x16 square.
+    def predict_fn(batch):
+        p = batch[:, :16, :16].mean(axis=(1, 2, 3)) / 255.0
+        return np.stack([p, 1 - p], axis=1)
+
+    img = np.full((48, 64, 3), 255, dtype=np.uint8)
+    m = saliency.occlusion_map(predict_fn, img, target=0, patch=16, stride=16)
+    assert m[:16, :16].min() > 0.9 and np.abs(m[32:, 32:]).max() == 0
+    inside = np.zeros((48, 64), bool)
+    inside[:16, :16] = True
+    assert saliency.share_inside(m, inside) == pytest.approx(1.0)
+
+
+def test_hide_lungs_keeps_only_the_border():
+    img = np.full((1, 20, 40, 3), 255, dtype=np.uint8)
+    out = train.hide_lungs(img, keep=0.25)
+    assert out[0, 5:15, 10:30].max() == 0 and out[0, :5].min() == 255 and out[0, :, :10].min() == 255
+    assert saliency.central_mask((20, 40), keep=0.25).sum() == 10 * 20
