@@ -1,5 +1,7 @@
 # One command per job. `make book` and `make test` set up .venv on first use.
 SHELL := /bin/bash
+# Quieter TensorFlow start-up in logs and executed notebooks.
+export TF_CPP_MIN_LOG_LEVEL := 2
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +12,7 @@ BACKBONES := vgg19 mobilenet inception_v3 xception inception_resnet_v2
 # Extra papermill arguments, e.g. ARGS="-p n_splits 2 -p epochs 1"
 ARGS ?=
 
-.PHONY: help setup book test dataset pack run train-all results benchmark clean
+.PHONY: help setup book test dataset pack run train-all results benchmark clean final-models audit
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -68,3 +70,15 @@ benchmark: $(STAMP)  ## time plain model.fit against the cached fast path, per b
 
 clean:  ## remove the build and generated notebooks (keeps .venv and data)
 	rm -rf _build notebooks/*.ipynb
+
+# Models trained on all images, for the audit chapter and `xray-transfer predict`.
+# The .keras files stay in data/models (not in git); their records go to artifacts/models.
+FINAL_BACKBONES ?= mobilenet vgg19
+final-%: $(STAMP)  ## e.g. make final-mobilenet: train on all images, save data/models/<backbone>.keras
+	$(BIN)/xray-transfer final --dataset $(DATASET) --backbone $* --weights $(weights_$*)
+	mkdir -p artifacts/models && cp data/models/$*.json artifacts/models/$*.json
+
+final-models: $(addprefix final-,$(FINAL_BACKBONES))  ## the models the audit chapter uses
+
+audit: $(STAMP)  ## execute the audit chapter (needs the data and final models)
+	$(MAKE) run CH=audit OUT=artifacts/audit
