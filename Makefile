@@ -31,6 +31,8 @@ book: $(STAMP)  ## build the book into _build/html (no data, no GPU needed)
 	$(BIN)/jupyter-book build . -W --keep-going
 
 test: $(STAMP)  ## run the test suite (CPU, synthetic data; builds the book for the browser test)
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		|| echo "could not install chromium: the browser tests will fail under CI=true" >&2
 	$(BIN)/python -m pytest
 
 dataset: $(STAMP)  ## letterbox the real X-rays from $(DATA) into $(DATASET)

@@ -1,0 +1,265 @@
+"""Tables 1-3 from run artifacts: synthetic run folders, the committed runs, the CSV check."""
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from xray_transfer import paper
+from xray_transfer import results as R
+from xray_transfer.models import TABLE1
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = REPO / "artifacts" / "runs"
+BACKBONES = [b.key for b in TABLE1]
+
+
+def one_hot_probs(y_pred, n_classes=3):
+    """Probabilities whose argmax is ``y_pred`` (0.8 on the predicted class)."""
+    p = np.full((len(y_pred), n_classes), 0.1)
+    p[np.arange(len(y_pred)), y_pred] = 0.8
+    return p.round(6).tolist()
+
+
+def make_run(root, backbone, folds, full_protocol=True, weights=None, n_splits=None, commit="abc1234",
+             manifest="f" * 64, device="gpu: Test GPU"):
+    """Write a run folder in the artifact format: run.json and one fold-XX.json per (y_true, y_pred)."""
+    out = Path(root) / backbone
+    out.mkdir(parents=True)
+    n_splits = n_splits or len(folds)
+    params = {"backbone": backbone, "weights": "none", "n_splits": n_splits, "epochs": 2, "batch_size": 4,
+              "learning_rate": 0.001, "dropout": 0.25, "pooling": "max", "seed": 0, "image_size": [64, 80],
+              "fast": "auto", "group_by_patient": False, "image_mask": "none"}
+    weights = weights or {"requested": "none", "kind": "none", "file": None, "sha256": None,
+                          "complete_imagenet": False, "missing_tensors": None}
+    ys = [np.asarray(y) for y, _ in folds]
+    counts = np.bincount(np.concatenate(ys), minlength=3).tolist() if folds else [0, 0, 0]
+    record = {"params": params, "identity": {}, "notes": {"learning_rate": "test choice"},
+              "full_protocol": full_protocol,
+              "dataset": {"manifest_sha256": manifest, "n_images": int(sum(counts)), "counts": counts},
+              "weights": weights,
+              "environment": {"backend": "jax", "device": device, "versions": {},
+                              "git": {"commit": commit, "dirty": None, "source": "test"}, "host": "t",
+                              "time_utc": "2026-01-01T00:00:00+00:00"},
+              "folds_done": list(range(len(folds))),
+              "feature_cache": {"used": True, "reason": "test", "seconds": 1.0, "setup_seconds": 2.0}}
+    (out / "run.json").write_text(json.dumps(record))
+    for k, (y_true, y_pred) in enumerate(folds):
+        fold = {"fold": k, "n_train": 10, "n_test": len(y_true), "test_index": list(range(len(y_true))),
+                "test_file": [f"x{i}.png" for i in range(len(y_true))], "y_true": list(y_true),
+                "probs": one_hot_probs(y_pred), "confusion": [[0] * 3] * 3,
+                "history": {"loss": [1.0, 0.5], "accuracy": [0.6, 0.9], "test_loss": [1.0, 0.9],
+                            "test_accuracy": [0.5, 0.6], "seconds": [2.0, 1.0]},
+                "timing": {"wall_seconds": 4.0, "fit_seconds": 3.0, "predict_seconds": 0.5,
+                           "train_images_per_second": 20 / 3.0, "fast_path": True},
+                "backend": "jax", "device": device}
+        (out / f"fold-{k:02d}.json").write_text(json.dumps(fold))
+    return out
+
+
+# Two folds whose pooled counts are easy to do on paper:
+# fold 0: covid->covid, covid->normal, normal->covid, pneumonia->pneumonia
+# fold 1: covid->covid, normal->pneumonia, pneumonia->pneumonia, normal->normal
+FOLDS = [([0, 0, 1, 2], [0, 1, 0, 2]), ([0, 1, 2, 1], [0, 2, 2, 1])]
+# Pooled: TP 2, FN 1, FP 1, TN 4 (normal->pneumonia is a TN); 3-class correct: 5 of 8.
+
+
+@pytest.fixture
+def synthetic_runs(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "mobilenet", FOLDS, weights={"requested": "w.h5", "kind": "partial imagenet file",
+                                                "file": "w.h5", "sha256": "0" * 64, "complete_imagenet": False,
+                                                "missing_tensors": ["conv_pw_13/kernel (1, 1, 1024, 1024)"]})
+    make_run(root, "vgg19", FOLDS[:1], full_protocol=False)
+    return root
+
+
+def test_load_runs_keys_in_table1_order(synthetic_runs):
+    runs = R.load_runs(synthetic_runs)
+    assert list(runs) == ["vgg19", "mobilenet"]
+    assert len(runs["mobilenet"]["folds"]) == 2
+
+
+def test_load_runs_missing_root_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        R.load_runs(tmp_path / "nowhere")
+
+
+def test_table2_synthetic_hand_checked(synthetic_runs):
+    t2 = R.table2(R.load_runs(synthetic_runs)).set_index("backbone")
+    m = t2.loc["mobilenet"]
+    assert m["accuracy_2class_ours"] == pytest.approx(100 * 6 / 8)
+    assert m["accuracy_3class_ours"] == pytest.approx(100 * 5 / 8)
+    assert m["sensitivity_ours"] == pytest.approx(100 * 2 / 3)
+    assert m["specificity_ours"] == pytest.approx(100 * 4 / 5)
+    assert m["sensitivity_ci_low"] < m["sensitivity_ours"] < m["sensitivity_ci_high"]
+    assert m["accuracy_2class_paper"] == paper.TABLE2["mobilenet"]["accuracy_2class"]
+    assert m["accuracy_2class_diff_pp"] == pytest.approx(75.0 - 97.40)
+    # per-fold SD of the 3-class accuracy: folds at 3/4 and 2/4
+    assert m["accuracy_3class_fold_sd"] == pytest.approx(100 * np.std([0.75, 0.5], ddof=1))
+    assert m["status"] == "full protocol" and m["weights"] == "partial ImageNet"
+    assert m["commit"] == "abc1234" and m["manifest_sha256"] == "f" * 64
+
+
+def test_table3_ours_for_all_paper_for_two(synthetic_runs):
+    t3 = R.table3(R.load_runs(synthetic_runs)).set_index("backbone")
+    assert [t3.loc["mobilenet", f"{k}_ours"] for k in ("TP", "FP", "TN", "FN")] == [2, 1, 4, 1]
+    assert t3.loc["mobilenet", "TP_paper"] == paper.TABLE3["mobilenet"]["TP"]
+    assert t3.loc["vgg19", "n_paper"] == sum(paper.TABLE3["vgg19"].values())
+    assert pd.isna(t3.loc["xception", "TP_paper"])
+
+
+def test_missing_backbones_are_not_run_rows_without_numbers(synthetic_runs):
+    runs = R.load_runs(synthetic_runs)
+    for table in (R.table1(runs), R.table2(runs), R.table3(runs)):
+        assert list(table["backbone"]) == BACKBONES
+        missing = table[table["backbone"].isin(["inception_v3", "xception", "inception_resnet_v2"])]
+        assert (missing["status"] == R.NOT_RUN).all()
+        ours = [c for c in table.columns if c.endswith(("_ours", "_ci_low", "_ci_high", "_fold_sd", "_diff_pp"))]
+        assert missing[ours].apply(lambda col: col.isna() | (col == "")).all().all()
+    t2 = R.table2(runs).set_index("backbone")
+    assert t2.loc["xception", "specificity_paper"] == paper.TABLE2["xception"]["specificity"]
+    assert t2.loc["xception", "paper_asterisk"] == "*"
+
+
+def test_run_folder_without_folds_is_not_run(synthetic_runs):
+    make_run(synthetic_runs, "inception_v3", [], n_splits=10)
+    runs = R.load_runs(synthetic_runs)
+    assert R.status(runs["inception_v3"]) == "not run (0 of 10 folds)"
+    t2 = R.table2(runs).set_index("backbone")
+    assert math.isnan(t2.loc["inception_v3", "sensitivity_ours"])
+
+
+def test_reduced_and_incomplete_runs_are_flagged(synthetic_runs):
+    runs = R.load_runs(synthetic_runs)
+    assert R.status(runs["vgg19"]) == "reduced settings"
+    make_run(synthetic_runs, "xception", FOLDS[:1], n_splits=10)
+    assert R.status(R.load_runs(synthetic_runs)["xception"]) == "incomplete (1 of 10 folds)"
+
+
+def test_table1_records_the_params_used(synthetic_runs):
+    t1 = R.table1(R.load_runs(synthetic_runs)).set_index("backbone")
+    m = t1.loc["mobilenet"]
+    assert m["cutoff_paper"] == 10 and m["cutoff_ours"] == 10
+    assert m["learning_rate_ours"] == "0.001" and m["dropout_ours"] == "0.25"
+    assert m["epochs_ours"] == 2 and m["batch_size_ours"] == 4 and m["input_size_ours"] == "64x80"
+    assert m["pooling_ours"] == "global max" and m["optimizer_ours"] == "Adam"
+    assert m["weights_ours"] == "partial ImageNet (missing: conv_pw_13/kernel (1, 1, 1024, 1024))"
+    assert t1.loc["vgg19", "weights_ours"] == "none (random)"
+    assert t1.loc["vgg19", "dropout_ours"] == "none"  # one hidden layer: no dropout layer
+    assert t1.loc["inception_resnet_v2", "classifier_paper"] == "none"
+
+
+@pytest.mark.parametrize("weights, label", [
+    ({"kind": "none"}, "none (random)"),
+    ({"kind": "imagenet (keras download)", "complete_imagenet": True}, "complete ImageNet"),
+    ({"kind": "partial imagenet file", "missing_tensors": ["a", "b"]}, "partial ImageNet (missing: a; b)"),
+    ({"kind": "file", "file": "x.h5", "complete_imagenet": None}, "file x.h5 (completeness unknown)"),
+])
+def test_weights_start_labels(weights, label):
+    assert R.weights_start({"weights": weights}) == label
+
+
+def test_display_tables_mark_not_run(synthetic_runs):
+    runs = R.load_runs(synthetic_runs)
+    d2 = R.table2_display(R.table2(runs))
+    assert (d2[("sensitivity", "ours [95% CI] SD")].iloc[3] == R.NOT_RUN)
+    assert d2[("specificity", "paper")].iloc[3] == "99.99*"
+    d1 = R.table1_display(R.table1(runs))
+    assert d1.loc[("initial weights", "ours"), "VGG19"] == "none (random)"
+    d3 = R.table3_display(R.table3(runs))
+    assert d3[("ours", "TP")].iloc[1] == "2" and d3[("paper", "TP")].iloc[3] == ""
+
+
+def test_write_is_deterministic_and_check_detects_stale(synthetic_runs, tmp_path, capsys):
+    out = tmp_path / "results"
+    R.write(synthetic_runs, out)
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    R.write(synthetic_runs, out)
+    assert first == {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(first) == list(R.TABLE_FILES)
+    assert R.check(synthetic_runs, out) == []
+    assert R.main(["--check", "--runs", str(synthetic_runs), "--out", str(out)]) == 0
+
+    fold = synthetic_runs / "mobilenet" / "fold-00.json"
+    f = json.loads(fold.read_text())
+    f["probs"][1] = one_hot_probs([0])[0]  # the missed COVID-19 image is now found
+    fold.write_text(json.dumps(f))
+    problems = R.check(synthetic_runs, out)
+    assert any("table2.csv differs" in p for p in problems)
+    assert any("table3.csv differs" in p for p in problems)
+    assert R.main(["--check", "--runs", str(synthetic_runs), "--out", str(out)]) == 1
+    assert "make results" in capsys.readouterr().err
+
+
+def test_check_reports_missing_csv(synthetic_runs, tmp_path):
+    assert any("missing" in p for p in R.check(synthetic_runs, tmp_path / "empty"))
+
+
+def test_flipping_one_committed_prediction_changes_table2_and_csv(tmp_path):
+    """Nothing is hard-coded: one changed prediction in a committed fold moves the tables."""
+    runs_copy = tmp_path / "runs"
+    shutil.copytree(RUNS, runs_copy, ignore=shutil.ignore_patterns("*.ipynb"))
+    before = R.load_runs(runs_copy)
+    t2_before, csv_before = R.table2(before), R.render(before)
+
+    fold = runs_copy / "mobilenet" / "fold-00.json"
+    f = json.loads(fold.read_text())
+    i = f["y_true"].index(0)  # a COVID-19 image
+    pred = int(np.argmax(f["probs"][i]))
+    new = 1 if pred == 0 else 0  # hit -> miss, or miss -> hit
+    f["probs"][i] = one_hot_probs([new])[0]
+    fold.write_text(json.dumps(f))
+
+    after = R.load_runs(runs_copy)
+    t2_after, csv_after = R.table2(after), R.render(after)
+    a, b = t2_before.set_index("backbone"), t2_after.set_index("backbone")
+    assert a.loc["mobilenet", "sensitivity_ours"] != b.loc["mobilenet", "sensitivity_ours"]
+    assert abs(a.loc["mobilenet", "sensitivity_ours"] - b.loc["mobilenet", "sensitivity_ours"]) == pytest.approx(
+        100 / 224)
+    assert a.drop("mobilenet").equals(b.drop("mobilenet"))
+    assert csv_before["table2.csv"] != csv_after["table2.csv"]
+    assert csv_before["table3.csv"] != csv_after["table3.csv"]
+    assert csv_before["table1.csv"] == csv_after["table1.csv"]
+
+
+def test_committed_csvs_match_committed_artifacts():
+    """results/*.csv are what `make results` writes from artifacts/runs (the book build checks this too)."""
+    assert R.check(RUNS, REPO / "results") == []
+
+
+def test_gpu_log_and_cost(synthetic_runs, tmp_path):
+    log = tmp_path / "gpu.txt"
+    log.write_text("noise\n== --backbone mobilenet --weights w.h5 --out x : 181 s\n"
+                   "== --backbone vgg19 --out y : 57 s\n")
+    assert R.gpu_log_seconds(log) == {"mobilenet": 181.0, "vgg19": 57.0}
+    assert R.gpu_log_seconds(tmp_path / "absent.txt") == {}
+    cost = R.cost(R.load_runs(synthetic_runs), log).set_index("backbone")
+    assert cost.loc["mobilenet", "fold_wall_seconds"] == pytest.approx(8.0)
+    assert cost.loc["mobilenet", "train_images_per_second"] == pytest.approx(2 * 10 * 2 / 6.0)
+    assert cost.loc["mobilenet", "log_seconds"] == 181.0
+    assert cost.loc["mobilenet", "device"] == "gpu: Test GPU"
+
+
+def test_benchmark_table(tmp_path):
+    assert R.benchmark_table(tmp_path / "benchmark.json") is None
+    row = {"plain": {"steady_images_per_second": 100.0, "fold_seconds": 50.0},
+           "fast": {"steady_images_per_second": 1000.0, "fold_seconds": 10.0},
+           "steady_speedup": 10.0, "fold_speedup": 5.0}
+    (tmp_path / "benchmark.json").write_text(json.dumps(
+        {"environment": {"device": "gpu: X", "backend": "jax", "git": {"commit": "c"}}, "epochs": 2,
+         "fold": "1 of 10", "backbones": {"vgg19": row}}))
+    df, raw = R.benchmark_table(tmp_path / "benchmark.json")
+    assert df.loc[0, "steady_speedup"] == 10.0 and raw["environment"]["device"] == "gpu: X"
+
+
+def test_learning_summary_one_class_predictor(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "xception", [([0, 1, 2, 2], [2, 2, 2, 2])])
+    learn = R.learning_summary(R.load_runs(root)).set_index("backbone")
+    assert learn.loc["xception", "top_predicted_share"] == 1.0
+    assert learn.loc["xception", "true_share_of_top_class"] == 0.5
+    assert learn.loc["xception", "train_accuracy_final"] == 0.9
