@@ -45,16 +45,23 @@ def make_config(**params) -> dict:
     cfg = {**DEFAULTS, **params}
     get_backbone(cfg["backbone"])
     for k in ("n_splits", "epochs", "batch_size"):
-        if not isinstance(cfg[k], (int, np.integer)) or cfg[k] < 1:
+        if isinstance(cfg[k], bool) or not isinstance(cfg[k], (int, np.integer)) or cfg[k] < 1:
             raise ValueError(f"{k} must be a positive integer, got {cfg[k]!r}")
     if cfg["n_splits"] < 2:
         raise ValueError(f"n_splits must be at least 2, got {cfg['n_splits']!r}")
-    if not (isinstance(cfg["learning_rate"], (int, float)) and cfg["learning_rate"] > 0):
+    if isinstance(cfg["learning_rate"], bool) or not (isinstance(cfg["learning_rate"], (int, float))
+                                                      and cfg["learning_rate"] > 0):
         raise ValueError(f"learning_rate must be a positive number, got {cfg['learning_rate']!r}")
     size = tuple(int(v) for v in cfg["image_size"])
     if len(size) != 2 or min(size) < 32:
         raise ValueError(f"image_size must be (height, width), each at least 32, got {cfg['image_size']!r}")
     cfg["image_size"] = list(size)
+    if isinstance(cfg["dropout"], bool) or not (isinstance(cfg["dropout"], (int, float)) and 0 <= cfg["dropout"] < 1):
+        raise ValueError(f"dropout must be a number in [0, 1), got {cfg['dropout']!r}")
+    if cfg["pooling"] not in ("avg", "max", "flatten"):
+        raise ValueError(f"pooling must be 'avg', 'max' or 'flatten', got {cfg['pooling']!r}")
+    if isinstance(cfg["seed"], bool) or not isinstance(cfg["seed"], (int, np.integer)):
+        raise ValueError(f"seed must be an integer, got {cfg['seed']!r}")
     if cfg["fast"] not in ("auto", True, False):
         raise ValueError(f"fast must be 'auto', True or False, got {cfg['fast']!r}")
     if cfg["image_mask"] not in ("none", "lungs_hidden"):

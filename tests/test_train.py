@@ -1,0 +1,292 @@
+"""Tests of xray_transfer.train: validated config, folds, resumable cross-validation, the fast path."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from xray_transfer import metrics, train
+from xray_transfer.data import CLASSES, Dataset
+
+# ---------------------------------------------------------------- make_config
+
+
+def test_make_config_fills_in_the_papers_protocol():
+    cfg = train.make_config(backbone="vgg19")
+    assert (cfg["n_splits"], cfg["epochs"], cfg["batch_size"]) == (10, 10, 64)
+    assert cfg["image_size"] == [200, 266]
+    assert train.is_full_protocol(cfg, 1428)
+    assert not train.is_full_protocol(cfg, 200)
+    assert not train.is_full_protocol(train.make_config(epochs=1), 1428)
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(backbone="resnet50"), r"backbone must be one of .*'resnet50'"),
+    (dict(n_splits=1), r"n_splits must be at least 2, got 1"),
+    (dict(n_splits=2.5), r"n_splits must be a positive integer, got 2.5"),
+    (dict(epochs=0), r"epochs must be a positive integer, got 0"),
+    (dict(batch_size="64"), r"batch_size must be a positive integer, got '64'"),
+    (dict(epochs=True), r"epochs must be a positive integer, got True"),
+    (dict(learning_rate=-1e-4), r"learning_rate must be a positive number, got -0.0001"),
+    (dict(learning_rate="1e-4"), r"learning_rate must be a positive number"),
+    (dict(image_size=(16, 266)), r"image_size must be \(height, width\), each at least 32"),
+    (dict(image_size=(200, 266, 3)), r"image_size must be \(height, width\)"),
+    (dict(dropout=1.0), r"dropout must be a number in \[0, 1\), got 1.0"),
+    (dict(pooling="sum"), r"pooling must be 'avg', 'max' or 'flatten', got 'sum'"),
+    (dict(seed="0"), r"seed must be an integer, got '0'"),
+    (dict(fast="yes"), r"fast must be 'auto', True or False, got 'yes'"),
+    (dict(image_mask="lungs"), r"image_mask must be 'none' or 'lungs_hidden', got 'lungs'"),
+    (dict(epoch=3), r"unknown parameter\(s\) \['epoch'\]"),
+])
+def test_make_config_rejects_bad_values_naming_the_parameter(params, match):
+    with pytest.raises(ValueError, match=match):
+        train.make_config(**params)
+
+
+# ---------------------------------------------------------------- make_folds
+
+
+def check_partition(fold, n_splits):
+    """Every image in exactly one test fold, all folds used: disjoint and covering."""
+    fold = np.asarray(fold)
+    assert fold.min() == 0 and fold.max() == n_splits - 1
+    assert sorted(set(fold.tolist())) == list(range(n_splits))
+    tested = np.concatenate([np.flatnonzero(fold == k) for k in range(n_splits)])
+    assert sorted(tested.tolist()) == list(range(len(fold)))  # each index once
+
+
+def check_stratified(fold, labels, n_splits):
+    """Each fold holds each class in its overall share, up to one image."""
+    fold, labels = np.asarray(fold), np.asarray(labels)
+    for c in np.unique(labels):
+        per_fold = np.bincount(fold[labels == c], minlength=n_splits)
+        assert per_fold.max() - per_fold.min() <= 1, (c, per_fold)
+
+
+LABELS = np.repeat([0, 1, 2], [22, 50, 70])  # the paper's 224/504/700, scaled down
+
+
+@pytest.mark.parametrize("n_splits", [2, 5, 10])
+def test_make_folds_partition_and_stratification(n_splits):
+    fold = train.make_folds(LABELS, n_splits=n_splits, seed=0)
+    check_partition(fold, n_splits)
+    check_stratified(fold, LABELS, n_splits)
+
+
+def test_make_folds_same_seed_same_folds_other_seed_other_folds():
+    a = train.make_folds(LABELS, 10, seed=0)
+    np.testing.assert_array_equal(a, train.make_folds(LABELS, 10, seed=0))
+    assert not np.array_equal(a, train.make_folds(LABELS, 10, seed=1))
+
+
+def test_make_folds_shuffles_rather_than_cutting_blocks():
+    fold = train.make_folds(LABELS, 5, seed=0)
+    assert not np.array_equal(fold[LABELS == 2], np.sort(fold[LABELS == 2]))
+
+
+def test_make_folds_by_patient_keeps_each_patient_in_one_fold():
+    rng = np.random.default_rng(0)
+    groups = np.array([f"p{i // 3}" for i in range(len(LABELS))])  # 3 images per patient
+    rng.shuffle(groups)
+    labels = np.array([LABELS[int(g[1:]) * 3] for g in groups])  # one label per patient
+    fold = train.make_folds(labels, n_splits=5, seed=0, groups=groups)
+    check_partition(fold, 5)
+    for g in np.unique(groups):
+        assert len(set(fold[groups == g].tolist())) == 1, g
+    # still roughly stratified: every fold has every class
+    for k in range(5):
+        assert set(labels[fold == k].tolist()) == {0, 1, 2}
+
+
+# ---------------------------------------------------------------- fast path choice
+
+
+@pytest.mark.parametrize("backbone, fast", [("mobilenet", False), ("vgg19", True), ("inception_v3", True),
+                                            ("xception", True), ("inception_resnet_v2", True)])
+def test_use_fast_path_auto_caches_only_deep_cutoffs(backbone, fast):
+    used, reason = train.use_fast_path(train.make_config(backbone=backbone))
+    assert used is fast
+    assert "frozen" in reason
+
+
+def test_use_fast_path_can_be_forced():
+    assert train.use_fast_path(train.make_config(backbone="mobilenet", fast=True))[0] is True
+    assert train.use_fast_path(train.make_config(backbone="vgg19", fast=False))[0] is False
+
+
+def test_hide_lungs_keeps_only_the_border():
+    img = np.full((1, 20, 40, 3), 7, dtype=np.uint8)
+    out = train.hide_lungs(img, keep=0.25)
+    assert (out[0, 5:15, 10:30] == 0).all()
+    assert (out[0, :5] == 7).all() and (out[0, :, :10] == 7).all()
+    assert (img == 7).all()  # input untouched
+
+
+# ---------------------------------------------------------------- cross-validation
+
+#: tiny synthetic set: 24 images at 40x53, 8 per class, two images per patient
+N, H, W = 24, 40, 53
+RUN = dict(backbone="mobilenet", n_splits=2, epochs=1, batch_size=8, image_size=(H, W), seed=0)
+
+
+def synthetic_dataset(n=N, h=H, w=W, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([0, 1, 2], n // 3)
+    images = rng.integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
+    images[labels == 0] //= 2  # a little signal
+    manifest = [{"file": f"{CLASSES[y]}/img{i:03d}.png", "patient_id": f"p{i // 2}", "label": CLASSES[y]}
+                for i, y in enumerate(labels)]
+    return Dataset(images, labels.astype(np.int64), manifest, "0" * 63 + "1")
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return synthetic_dataset()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, dataset):
+    """One uninterrupted 2-fold run, shared by the artifact tests."""
+    out = tmp_path_factory.mktemp("cv") / "run"
+    train.cross_validate(dataset, out, progress=False, **RUN)
+    return out
+
+
+def test_cross_validate_writes_run_record_with_provenance(run_dir, dataset):
+    rec = json.loads((run_dir / "run.json").read_text())
+    assert rec["params"] == train.make_config(**RUN)
+    assert rec["identity"]["manifest_sha256"] == dataset.manifest_sha256
+    assert rec["identity"]["params"]["backbone"] == "mobilenet"
+    assert rec["dataset"] == {"manifest_sha256": dataset.manifest_sha256, "n_images": N, "counts": [8, 8, 8]}
+    assert rec["weights"]["kind"] == "none"
+    assert rec["full_protocol"] is False
+    env = rec["environment"]
+    assert env["backend"] and env["device"] and env["time_utc"]
+    assert {"python", "keras", "numpy"} <= set(env["versions"])
+    assert env["git"]["commit"] and "dirty" in env["git"]
+    assert rec["folds_done"] == [0, 1]
+    assert rec["feature_cache"]["used"] is False  # mobilenet trains almost every layer
+    assert set(rec["notes"]) >= {"learning_rate", "dropout", "pooling"}
+
+
+def test_cross_validate_folds_csv_records_every_images_fold(run_dir, dataset):
+    lines = (run_dir / "folds.csv").read_text().splitlines()
+    assert lines[0] == "index,file,label,patient_id,fold"
+    rows = [line.split(",") for line in lines[1:]]
+    assert len(rows) == N
+    assert [r[1] for r in rows] == [m["file"] for m in dataset.manifest]
+    assert [r[3] for r in rows] == [m["patient_id"] for m in dataset.manifest]
+    fold = np.array([int(r[4]) for r in rows])
+    np.testing.assert_array_equal(fold, train.make_folds(dataset.labels, 2, seed=0))
+    check_partition(fold, 2)
+    check_stratified(fold, dataset.labels, 2)
+
+
+def test_cross_validate_fold_artifacts_are_consistent(run_dir, dataset):
+    folds = train.load_folds(run_dir)
+    assert [f["fold"] for f in folds] == [0, 1]
+    tested = []
+    for f in folds:
+        probs, y_true = np.asarray(f["probs"]), np.asarray(f["y_true"])
+        assert probs.shape == (f["n_test"], 3) and f["n_train"] + f["n_test"] == N
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+        assert (probs >= 0).all()
+        np.testing.assert_array_equal(y_true, dataset.labels[f["test_index"]])
+        assert f["test_file"] == [dataset.manifest[i]["file"] for i in f["test_index"]]
+        assert f["confusion"] == metrics.confusion(y_true, probs.argmax(1)).tolist()
+        assert np.sum(f["confusion"]) == f["n_test"]
+        assert len(f["history"]["loss"]) == RUN["epochs"]
+        assert f["timing"]["fit_seconds"] > 0 and f["timing"]["fast_path"] is False
+        assert f["backend"] and f["device"]
+        tested += f["test_index"]
+    assert sorted(tested) == list(range(N))  # every image tested exactly once
+
+
+def test_cross_validate_leaves_no_temporary_files(run_dir):
+    names = os.listdir(run_dir)
+    assert not [n for n in names if ".tmp" in n], names
+    assert sorted(names) == ["fold-00.json", "fold-01.json", "folds.csv", "run.json"]
+
+
+def test_cross_validate_refuses_other_parameters_in_the_same_folder(run_dir, dataset):
+    before = (run_dir / "run.json").read_bytes()
+    with pytest.raises(ValueError, match="holds a run with other parameters"):
+        train.cross_validate(dataset, run_dir, progress=False, **{**RUN, "learning_rate": 1e-3})
+    other = synthetic_dataset(seed=1)
+    other.manifest_sha256 = "f" * 64
+    with pytest.raises(ValueError, match="manifest_sha256"):
+        train.cross_validate(other, run_dir, progress=False, **RUN)
+    assert (run_dir / "run.json").read_bytes() == before
+
+
+def test_cross_validate_with_a_bad_parameter_writes_nothing(tmp_path, dataset):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="dropout"):
+        train.cross_validate(dataset, out, progress=False, **{**RUN, "dropout": 1.5})
+    assert not out.exists() or not os.listdir(out)
+
+
+def test_cross_validate_of_a_finished_run_trains_nothing(run_dir, dataset, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run must not build a trainer")
+
+    monkeypatch.setattr(train, "Trainer", no_training)
+    rec = train.cross_validate(dataset, run_dir, progress=False, **RUN)
+    assert rec["folds_done"] == [0, 1]
+
+
+def test_cross_validate_resumes_only_missing_folds_and_matches_uninterrupted_run(
+        tmp_path, dataset, run_dir, monkeypatch):
+    out = tmp_path / "run"
+    rec = train.cross_validate(dataset, out, progress=False, folds_to_run=[0], **RUN)
+    assert rec["folds_done"] == [0]
+    assert not (out / "fold-01.json").exists()
+    first = (out / "fold-00.json").read_bytes()
+    mtime = (out / "fold-00.json").stat().st_mtime_ns
+
+    calls = []
+    fit_fold = train.Trainer.fit_fold
+
+    def counting(self, train_idx, test_idx, *args, **kwargs):
+        calls.append(sorted(test_idx.tolist()))
+        return fit_fold(self, train_idx, test_idx, *args, **kwargs)
+
+    monkeypatch.setattr(train.Trainer, "fit_fold", counting)
+    rec = train.cross_validate(dataset, out, progress=False, **RUN)
+    fold_of = train.make_folds(dataset.labels, 2, seed=0)
+    assert calls == [np.flatnonzero(fold_of == 1).tolist()]  # fold 1 only
+    assert rec["folds_done"] == [0, 1]
+    assert (out / "fold-00.json").read_bytes() == first
+    assert (out / "fold-00.json").stat().st_mtime_ns == mtime
+    assert (out / "fold-01.json").exists()
+    # Each fold starts from the same initial state, so an interrupted and resumed run
+    # predicts what an uninterrupted one does (same seed, same folds, same weights).
+    for resumed, whole in zip(train.load_folds(out), train.load_folds(run_dir)):
+        assert resumed["test_index"] == whole["test_index"]
+        np.testing.assert_allclose(resumed["probs"], whole["probs"], atol=1e-5)
+
+
+# ---------------------------------------------------------------- fast path == plain path
+
+
+@pytest.mark.parametrize("backbone", ["vgg19", "xception"])
+def test_fast_path_predicts_what_plain_training_predicts(backbone):
+    """Cached frozen outputs and full forward passes train the same network to the same predictions."""
+    ds = synthetic_dataset(n=12, h=75, w=100)
+    fold_of = train.make_folds(ds.labels, 2, seed=0)
+    train_idx, test_idx = np.flatnonzero(fold_of != 0), np.flatnonzero(fold_of == 0)
+    probs = {}
+    for fast in (True, False):
+        cfg = train.make_config(backbone=backbone, n_splits=2, epochs=1, batch_size=8,
+                                image_size=(75, 100), fast=fast, seed=0)
+        trainer = train.Trainer(cfg, ds.images)
+        assert trainer.fast is fast
+        res = trainer.fit_fold(train_idx, test_idx, ds.labels, fold_seed=7)
+        probs[fast] = res["probs"]
+        trainer.reset()  # back to the initial weights: training must have moved the predictions
+        untrained = trainer.net.predict(trainer._take(test_idx), verbose=0)
+        assert np.abs(untrained - res["probs"]).max() > 1e-4
+        if fast and backbone == "xception":
+            assert len(trainer.inputs) == 2  # two tensors cross Xception's cutoff
+    np.testing.assert_allclose(probs[True], probs[False], atol=1e-5)
+    assert probs[True].shape == (len(test_idx), 3)
