@@ -8,6 +8,7 @@ when the cutoff is deep (see ``tests/test_train.py`` for the equivalence test).
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
@@ -271,10 +272,11 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, **para
                               "counts": counts},
                   "weights": weights,
                   "environment": environment(), "folds_done": [], "feature_cache": None}
-        with open(out / ".folds.csv.tmp", "w") as f:
-            f.write("index,file,label,patient_id,fold\n")
-            for i, r in enumerate(dataset.manifest):
-                f.write(f"{i},{r['file']},{dataset.labels[i]},{r['patient_id']},{fold_of[i]}\n")
+        with open(out / ".folds.csv.tmp", "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["index", "file", "label", "patient_id", "fold"])
+            w.writerows([i, r["file"], int(dataset.labels[i]), r["patient_id"], int(fold_of[i])]
+                        for i, r in enumerate(dataset.manifest))
         os.replace(out / ".folds.csv.tmp", out / "folds.csv")
         _atomic_json(record_path, record)
     todo = [k for k in range(cfg["n_splits"]) if not (out / f"fold-{k:02d}.json").exists()]
