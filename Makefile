@@ -82,5 +82,13 @@ final-%: $(STAMP)  ## e.g. make final-mobilenet: train on all images, save data/
 
 final-models: $(addprefix final-,$(FINAL_BACKBONES))  ## the models the audit chapter uses
 
-audit: $(STAMP)  ## execute the audit chapter (needs the data and final models)
+# The audit's cross-validation runs, through the training chapter (finished folds are kept).
+AUDIT_RUNS := grouped-mobilenet grouped-vgg19 lungs-hidden-mobilenet lungs-hidden-vgg19
+audit-runs: $(addprefix audit-run-,$(AUDIT_RUNS))  ## patient-grouped folds and lungs hidden, MobileNet and VGG19
+audit-run-grouped-%: $(STAMP)
+	$(MAKE) run CH=training OUT=artifacts/audit/grouped-$* ARGS="-p backbone $* -p weights $(weights_$*) -p group_by_patient True"
+audit-run-lungs-hidden-%: $(STAMP)
+	$(MAKE) run CH=training OUT=artifacts/audit/lungs-hidden-$* ARGS="-p backbone $* -p weights $(weights_$*) -p image_mask lungs_hidden"
+
+audit: $(STAMP)  ## execute the audit chapter (needs the data, the audit runs and final models)
 	$(MAKE) run CH=audit OUT=artifacts/audit

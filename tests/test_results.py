@@ -263,3 +263,11 @@ def test_learning_summary_one_class_predictor(tmp_path):
     assert learn.loc["xception", "top_predicted_share"] == 1.0
     assert learn.loc["xception", "true_share_of_top_class"] == 0.5
     assert learn.loc["xception", "train_accuracy_final"] == 0.9
+
+
+def test_projected_speedup_counts_the_frozen_part_once():
+    row = {"plain": {"steady_images_per_second": 10.0},
+           "fast": {"steady_images_per_second": 40.0, "feature_seconds": 20.0}}
+    # 100 images, 2 folds, 2 epochs: 4 * 50 = 200 training images per path.
+    # plain 200 / 10 = 20 s; fast 20 s * 100/100 + 200 / 40 = 25 s.
+    assert R.projected_speedup(row, 100, n_images=100, n_splits=2, epochs=2) == pytest.approx(20 / 25)
