@@ -95,7 +95,7 @@ def book():
         return None
     jb = Path(sys.executable).parent / "jupyter-book"
     cmd = [str(jb if jb.exists() else shutil.which("jupyter-book") or "jupyter-book"),
-           "build", str(REPO), "-W", "--keep-going"]
+           "build", str(REPO), "--all", "-W", "--keep-going"]
     t0, started = time.perf_counter(), time.time()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
     proc.seconds = time.perf_counter() - t0

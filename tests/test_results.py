@@ -247,13 +247,14 @@ def test_gpu_log_and_cost(synthetic_runs, tmp_path):
 def test_benchmark_table(tmp_path):
     assert R.benchmark_table(tmp_path / "benchmark.json") is None
     row = {"plain": {"steady_images_per_second": 100.0, "fold_seconds": 50.0},
-           "fast": {"steady_images_per_second": 1000.0, "fold_seconds": 10.0},
+           "fast": {"steady_images_per_second": 1000.0, "fold_seconds": 10.0, "feature_seconds": 0.0},
            "steady_speedup": 10.0, "fold_speedup": 5.0}
     (tmp_path / "benchmark.json").write_text(json.dumps(
         {"environment": {"device": "gpu: X", "backend": "jax", "git": {"commit": "c"}}, "epochs": 2,
-         "fold": "1 of 10", "backbones": {"vgg19": row}}))
+         "fold": "1 of 10", "n_images": 400, "backbones": {"vgg19": row}}))
     df, raw = R.benchmark_table(tmp_path / "benchmark.json")
     assert df.loc[0, "steady_speedup"] == 10.0 and raw["environment"]["device"] == "gpu: X"
+    assert df.loc[0, "projected_protocol_speedup"] == pytest.approx(10.0)
 
 
 def test_learning_summary_one_class_predictor(tmp_path):
