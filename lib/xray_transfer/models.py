@@ -5,12 +5,13 @@ Backend-agnostic Keras 3 (TensorFlow on the CPU here, JAX on a GPU machine).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .data import sha256_file
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,6 @@ def preprocess_input(backbone: str, images: np.ndarray) -> np.ndarray:
 
 class WeightsUnavailable(RuntimeError):
     """ImageNet weights were asked for but cannot be had; the message says what to do."""
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def weights_provenance(weights) -> dict:

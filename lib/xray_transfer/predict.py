@@ -22,7 +22,7 @@ def load_trained(model_path):
     """Load a ``.keras`` model and its record; checks the file against the recorded SHA-256."""
     import keras
 
-    from .models import sha256_file
+    from .data import sha256_file
 
     model_path = Path(model_path)
     record_path = model_path.with_suffix(".json")

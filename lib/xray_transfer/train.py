@@ -327,7 +327,7 @@ def fit_final(dataset, model_path, progress=True, **params) -> dict:
     """
     from tqdm import tqdm
 
-    from .models import sha256_file
+    from .data import sha256_file
     from .provenance import environment
 
     cfg = make_config(**params)
