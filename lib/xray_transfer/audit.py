@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import resolve_data_dir
+from .data import is_frontal_xray, resolve_data_dir
 
 
 def patient_overlap(fold_of, groups) -> np.ndarray:
@@ -44,8 +44,7 @@ def adult_non_covid(data_dir=None) -> list[dict]:
         with open(root / source / "metadata.csv", newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 finding = (row.get("finding") or "").strip()
-                view = (row.get("view") or "").upper()
-                if finding.startswith("COVID-19") or (row.get("modality") or "X-ray") != "X-ray" or view in ("L", "LATERAL"):
+                if finding.startswith("COVID-19") or not is_frontal_xray(row):
                     continue
                 path = root / source / (row.get("folder") or "images") / row[name_col]
                 if path.is_file():

@@ -77,8 +77,11 @@ def resolve_data_dir(data_dir=None) -> Path:
     return root
 
 
-def _is_lateral(view: str) -> bool:
-    return view.strip().upper() in {"L", "LL", "LATERAL", "LAT"} or "LATERAL" in view.upper()
+def is_frontal_xray(row: dict) -> bool:
+    """A metadata row of a frontal X-ray: modality X-ray (or unstated) and not a lateral view."""
+    view = (row.get("view") or "").strip().upper()
+    lateral = view in {"L", "LL", "LATERAL", "LAT"} or "LATERAL" in view
+    return (row.get("modality") or "X-ray").strip() == "X-ray" and not lateral
 
 
 def _metadata_candidates(root: Path, source: str, name_column: str, folder: str) -> list[Candidate]:
@@ -92,7 +95,7 @@ def _metadata_candidates(root: Path, source: str, name_column: str, folder: str)
         finding = (row.get("finding") or "").strip()
         if not finding.startswith("COVID-19"):
             continue
-        if (row.get("modality") or "X-ray").strip() != "X-ray" or _is_lateral(row.get("view") or ""):
+        if not is_frontal_xray(row):
             continue
         rel = Path(source) / (row.get("folder") or folder) / row[name_column]
         out.append(Candidate("covid", source, root / rel, rel.as_posix(), f"{source}-{row['patientid']}"))
