@@ -75,7 +75,7 @@ clean:  ## remove the build and generated notebooks (keeps .venv and data)
 
 # Models trained on all images, for the audit chapter and `xray-transfer predict`.
 # The .keras files stay in data/models (not in git); their records go to artifacts/models.
-FINAL_BACKBONES ?= mobilenet vgg19
+FINAL_BACKBONES ?= $(BACKBONES)
 final-%: $(STAMP)  ## e.g. make final-mobilenet: train on all images, save data/models/<backbone>.keras
 	$(BIN)/xray-transfer final --dataset $(DATASET) --backbone $* --weights $(weights_$*)
 	mkdir -p artifacts/models && cp data/models/$*.json artifacts/models/$*.json
