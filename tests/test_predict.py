@@ -100,6 +100,25 @@ def test_patient_overlap_flags_only_patients_split_across_folds():
     assert audit.patient_overlap(fold, pid).tolist() == [True, True, False, False, False]
 
 
+def test_adult_non_covid_keeps_frontal_non_covid_images_only(cxr_dir):
+    meta = cxr_dir / "cohen/metadata.csv"
+    with open(meta, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for name, finding, view in [("nf1.png", "No Finding", "PA"), ("nf2.png", "No finding", "AP"),
+                                ("side.png", "SARS", "L"), ("gone.png", "Pneumonia", "PA")]:
+        rows.append({**rows[0], "patientid": name, "finding": finding, "view": view, "filename": name})
+        if name != "gone.png":  # listed but missing on disk: left out, not an error
+            Image.new("L", (60, 50), 90).save(cxr_dir / "cohen/images" / name)
+    with open(meta, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    adults = audit.adult_non_covid(cxr_dir)
+    assert [(a["path"].name, a["finding"]) for a in adults] == [
+        ("sars.png", "SARS"), ("nf1.png", "No finding"), ("nf2.png", "No finding")]
+    assert all(a["source"] == "cohen" and a["patient_id"].startswith("cohen-") for a in adults)
+
+
 def test_occlusion_map_finds_the_region_a_model_uses():
     # A "model" whose class-0 probability is the mean brightness of the top-left 16x16 square.
     def predict_fn(batch):

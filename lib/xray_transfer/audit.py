@@ -37,6 +37,7 @@ def adult_non_covid(data_dir=None) -> list[dict]:
     """The adult X-rays of Cohen and Figure 1 that are not COVID-19 (other findings, no finding, unlabelled).
 
     Frontal X-rays only, as for the COVID-19 class. Each row: path, source, finding, patient_id.
+    "No Finding" and "No finding" are merged; other findings are kept as written.
     """
     root = resolve_data_dir(data_dir)
     out = []
@@ -44,6 +45,8 @@ def adult_non_covid(data_dir=None) -> list[dict]:
         with open(root / source / "metadata.csv", newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 finding = (row.get("finding") or "").strip()
+                if finding.lower() == "no finding":  # the metadata spells it both ways
+                    finding = "No finding"
                 if finding.startswith("COVID-19") or not is_frontal_xray(row):
                     continue
                 path = root / source / (row.get("folder") or "images") / row[name_col]

@@ -45,3 +45,32 @@ def plot_learning_curves(folds, metric="accuracy"):
     axes[0].legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_fold_scores(runs, metric="accuracy_3class", ax=None, reference=None, reference_label=None, rotation=20):
+    """Per-fold scores of several runs as dots, the pooled score as a black bar.
+
+    ``runs`` maps a label to a :func:`xray_transfer.metrics.pooled` summary (or None for a
+    run that is missing, drawn as an empty slot). Scores are shown in %. ``reference`` adds
+    a dashed horizontal line, e.g. the accuracy of always guessing the largest class.
+    """
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(1.2 * len(runs) + 2, 3.2))[1]
+    rng = np.random.default_rng(0)
+    for x, (name, summary) in enumerate(runs.items()):
+        if summary is None:
+            ax.text(x, 50, "not run", ha="center", va="center", fontsize=8, color="grey", rotation=90)
+            continue
+        per_fold = 100 * np.asarray(summary["per_fold"][metric], dtype=float)
+        ax.scatter(x + rng.uniform(-0.12, 0.12, len(per_fold)), per_fold, s=14, alpha=0.6, color="tab:blue")
+        ax.hlines(100 * summary[metric], x - 0.3, x + 0.3, color="black", lw=2)
+    if reference is not None:
+        ax.axhline(reference, ls="--", color="tab:red", lw=1, label=reference_label)
+        if reference_label:
+            ax.legend(frameon=False, fontsize=8, loc="lower left")
+    ax.set_xticks(range(len(runs)), list(runs), rotation=rotation, ha="right" if rotation else "center", fontsize=8)
+    ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
+    ax.set_ylim(0, 101)
+    ax.grid(axis="y", alpha=0.3)
+    return ax
