@@ -225,3 +225,22 @@ def test_anchors_of_results_page_exist(book):
         if anchor not in ids:
             missing.append(link)
     assert not missing, "links from the results page to missing anchors:\n" + "\n".join(missing)
+
+
+def test_audit_page_shows_every_experiment_complete(book):
+    """The committed audit chapter renders its four figures and no run is missing or unfinished."""
+    audit_page = HTML / "artifacts" / "audit" / "audit.html"
+    assert audit_page.is_file(), "the audit chapter is not in the built book"
+    text = audit_page.read_text()
+    page = parse(text)
+    for fig in ("fig-audit-lungs-hidden", "fig-audit-folds", "fig-audit-confound", "fig-audit-saliency"):
+        assert fig in page.ids, f"figure {fig} is missing from the audit page"
+    assert len(page.images) >= 4
+    for src in page.images:
+        target, _ = resolve(audit_page, src)
+        assert target.is_file(), f"<img src={src!r}> on the audit page points to a missing file"
+    unfinished = [t for t in page.tables if re.search(r"incomplete \(|not run \(|missing: run", t)]
+    assert not unfinished, f"the audit page shows an unfinished experiment: {unfinished[0][:300]}"
+    assert "{glue:" not in text and "{numref}" not in text
+    pasted = re.findall(r'<span class="pasted-text">(.*?)</span>', text, flags=re.S)
+    assert pasted and not [p for p in pasted if re.search(r"\bnan\b", p)], "glued values missing or 'nan'"
