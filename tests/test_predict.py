@@ -138,3 +138,21 @@ def test_hide_lungs_keeps_only_the_border():
     out = train.hide_lungs(img, keep=0.25)
     assert out[0, 5:15, 10:30].max() == 0 and out[0, :5].min() == 255 and out[0, :, :10].min() == 255
     assert saliency.central_mask((20, 40), keep=0.25).sum() == 10 * 20
+
+
+def test_calls_with_batch_statistics_bypass_stale_moving_averages():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((2,))
+    h = keras.layers.BatchNormalization(name="bn")(inp)
+    h = keras.layers.Dropout(0.9, name="drop")(h)
+    model = keras.Model(inp, keras.layers.Dense(2, name="out")(h))
+    model.get_layer("out").set_weights([np.array([[1.0, -1.0], [0.0, 0.0]]), np.zeros(2)])
+    x = np.stack([np.r_[np.full(20, 100.0), np.full(20, 120.0)], np.zeros(40)], axis=1).astype("float32")
+    truth = (x[:, 0] < 110).astype(int)  # above the batch mean -> class 0, below -> class 1
+    # moving averages from a different world: mean 0, variance 1 -> every image looks "high"
+    assert (np.asarray(model.predict(x, verbose=0)).argmax(1) == 0).all()
+    calls = audit.calls_with_batch_statistics(model, x, batch_size=40)
+    assert (calls == truth).all()
+    assert model.get_layer("drop").rate == 0.9  # restored

@@ -54,3 +54,35 @@ def adult_non_covid(data_dir=None) -> list[dict]:
                     out.append({"path": path, "source": source, "finding": finding or "(unlabelled)",
                                 "patient_id": f"{source}-{row['patientid']}"})
     return out
+
+
+def calls_with_batch_statistics(model, x, batch_size=64, seed=0) -> np.ndarray:
+    """Class calls when every BatchNormalization layer normalises with its batch's own statistics.
+
+    In inference mode BatchNormalization uses moving averages gathered during training; if
+    they lag behind the fine-tuned weights, calls differ from those the model made while it
+    trained. This runs the model in training mode with dropout switched off (and restored
+    afterwards), on batches drawn in a random order so that each mixes the classes.
+    ``x`` must already be scaled for the backbone.
+    """
+    import keras
+
+    def walk(layer):
+        yield layer
+        for sub in getattr(layer, "layers", []):
+            yield from walk(sub)
+
+    dropouts = [layer for layer in walk(model) if isinstance(layer, keras.layers.Dropout)]
+    rates = [layer.rate for layer in dropouts]
+    order = np.random.default_rng(seed).permutation(len(x))
+    calls = np.empty(len(x), dtype=int)
+    try:
+        for layer in dropouts:
+            layer.rate = 0.0
+        for start in range(0, len(x), batch_size):
+            idx = order[start:start + batch_size]
+            calls[idx] = np.asarray(model(x[idx], training=True)).argmax(1)
+    finally:
+        for layer, rate in zip(dropouts, rates):
+            layer.rate = rate
+    return calls
