@@ -207,8 +207,10 @@ class Trainer:
             history["test_accuracy"].append(float(ev["accuracy"]))
             history["seconds"].append(dt)
             if progress is not None:
-                progress.set_postfix(epoch=epoch + 1, loss=f"{history['loss'][-1]:.3f}",
-                                     acc=f"{history['accuracy'][-1]:.3f}", test_acc=f"{history['test_accuracy'][-1]:.3f}")
+                shown = {"epoch": epoch + 1, "loss": f"{history['loss'][-1]:.3f}", "acc": f"{history['accuracy'][-1]:.3f}"}
+                if len(test_idx):  # a final fit on all images has no held-out fold to show
+                    shown["test_acc"] = f"{history['test_accuracy'][-1]:.3f}"
+                progress.set_postfix(**shown)
                 progress.update(1)
         t0 = time.perf_counter()
         probs = (self.net.predict(xte, batch_size=cfg["batch_size"], verbose=0) if len(test_idx)
