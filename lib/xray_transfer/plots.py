@@ -70,7 +70,8 @@ def plot_fold_scores(runs, metric="accuracy_3class", ax=None, reference=None, re
         if reference_label:
             ax.legend(frameon=False, fontsize=8, loc="lower left")
     ax.set_xticks(range(len(runs)), list(runs), rotation=rotation, ha="right" if rotation else "center", fontsize=8)
-    ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
+    names = {"accuracy_3class": "3-class accuracy", "accuracy_2class": "2-class accuracy"}
+    ax.set_ylabel(f"{names.get(metric, metric)} (%)")
     ax.set_ylim(0, 101)
     ax.grid(axis="y", alpha=0.3)
     return ax
