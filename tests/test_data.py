@@ -81,6 +81,7 @@ def test_assemble_writes_asked_counts_and_266x200_images(cxr_dir, tmp_path):
         with Image.open(tmp_path / "ds" / "images" / r["file"]) as im:
             assert im.size == (266, 200) == (r["width"], r["height"])
     assert json.loads((tmp_path / "ds" / "dataset.json").read_text()) == info
+    assert info["git"]["commit"] and "pillow" in info["versions"]  # provenance of the cache
     assert leftovers(tmp_path) == []
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .preprocess import ImageReadError, OUTPUT_SIZE, letterbox, read_image
+from .provenance import git_commit, versions
 
 #: Class names in label order (label 0 is the positive class of the 2-class metrics).
 CLASSES = ("covid", "normal", "pneumonia")
@@ -281,7 +282,8 @@ def assemble(data_dir=None, out_dir="data/dataset", size=OUTPUT_SIZE, counts=Non
                 "eligible": {k: len(v) for k, v in cands.items()},
                 "selection": "per class, first n by SHA-256 of the file bytes",
                 "skipped": skipped, "manifest_sha256": manifest_hash(tmp / "manifest.csv"),
-                "seconds": round(time.perf_counter() - t0, 2)}
+                "seconds": round(time.perf_counter() - t0, 2),
+                "git": git_commit(), "versions": versions()}
         (tmp / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
         old = out_dir.with_name(out_dir.name + ".old")
         if out_dir.exists():
