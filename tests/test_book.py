@@ -239,7 +239,7 @@ def test_audit_page_shows_every_experiment_complete(book):
     for src in page.images:
         target, _ = resolve(audit_page, src)
         assert target.is_file(), f"<img src={src!r}> on the audit page points to a missing file"
-    unfinished = [t for t in page.tables if re.search(r"incomplete \(|not run \(|missing: run", t)]
+    unfinished = [t for t in page.tables if re.search(r"\bincomplete \(|\bnot run\b", t)]
     assert not unfinished, f"the audit page shows an unfinished experiment: {unfinished[0][:300]}"
     assert "{glue:" not in text and "{numref}" not in text
     pasted = re.findall(r'<span class="pasted-text">(.*?)</span>', text, flags=re.S)

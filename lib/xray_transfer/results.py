@@ -24,6 +24,7 @@ import pandas as pd
 from . import paper
 from .metrics import pooled
 from .models import TABLE1, get_backbone
+from .train import load_folds
 
 #: Backbone keys in the paper's order (Table 1).
 ORDER = tuple(b.key for b in TABLE1)
@@ -45,9 +46,7 @@ _GPU_LOG = re.compile(r"^== --backbone (\S+)\b.*:\s*([0-9.]+)\s*s\s*$")
 def load_run(path) -> dict:
     """One run folder: its ``run.json`` record and its ``fold-XX.json`` files in fold order."""
     path = Path(path)
-    record = json.loads((path / "run.json").read_text())
-    folds = [json.loads(p.read_text()) for p in sorted(path.glob("fold-[0-9][0-9].json"))]
-    return {"path": path, "record": record, "folds": folds}
+    return {"path": path, "record": json.loads((path / "run.json").read_text()), "folds": load_folds(path)}
 
 
 def load_runs(root="artifacts/runs") -> dict:
