@@ -2,12 +2,11 @@
 import hashlib
 import json
 
+import keras
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
-from xray_transfer import models  # noqa: E402
+from xray_transfer import models
 
 KEYS = [b.key for b in models.TABLE1]
 #: Table 1 as printed, typed independently of the registry so a wrong registry fails.

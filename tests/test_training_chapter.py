@@ -5,13 +5,12 @@ Runs by default (CI executes it); about a minute on 2 CPU cores.
 import json
 from pathlib import Path
 
+import jupytext
 import numpy as np
+import papermill
 import pytest
 
-papermill = pytest.importorskip("papermill")
-jupytext = pytest.importorskip("jupytext")
-
-from xray_transfer import data, metrics, train  # noqa: E402
+from xray_transfer import data, metrics, train
 
 REPO = Path(__file__).resolve().parents[1]
 CHAPTER = REPO / "notebooks" / "training.md"
