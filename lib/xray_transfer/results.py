@@ -396,8 +396,11 @@ def projected_speedup(row, n_bench_images, n_images=1426, n_splits=10, epochs=10
     return plain / fast
 
 
-def benchmark_table(path) -> tuple[pd.DataFrame, dict] | None:
-    """Plain ``model.fit`` against the fast path from ``benchmark.json``; None if it does not exist."""
+def benchmark_table(path, n_images=1426) -> tuple[pd.DataFrame, dict] | None:
+    """Plain ``model.fit`` against the fast path from ``benchmark.json``; None if it does not exist.
+
+    ``n_images`` is the size of the dataset the protocol speed-up is projected to.
+    """
     path = Path(path)
     if not path.is_file():
         return None
@@ -410,7 +413,7 @@ def benchmark_table(path) -> tuple[pd.DataFrame, dict] | None:
                      "steady_speedup": r["steady_speedup"],
                      "plain_fold_seconds": r["plain"]["fold_seconds"], "fast_fold_seconds": r["fast"]["fold_seconds"],
                      "fold_speedup": r["fold_speedup"],
-                     "projected_protocol_speedup": projected_speedup(r, bench["n_images"])})
+                     "projected_protocol_speedup": projected_speedup(r, bench["n_images"], n_images)})
     return pd.DataFrame(rows), bench
 
 
