@@ -68,7 +68,7 @@ results: $(STAMP)  ## regenerate results/table{1,2,3}.csv from the run artifacts
 	$(BIN)/python -m xray_transfer.results --write
 
 # The committed benchmark: 2 epochs on one fold of a stratified 400-image subset (about
-# 15 min on 2 CPU cores). BENCH_ARGS= (empty) times the whole dataset instead.
+# 8 min on 2 CPU cores, nothing else running). BENCH_ARGS= (empty) times the whole dataset.
 BENCH_ARGS ?= --limit 400
 benchmark: $(STAMP)  ## time plain model.fit against the cached fast path, per backbone
 	$(BIN)/xray-transfer benchmark --dataset $(DATASET) --out artifacts/benchmark $(BENCH_ARGS)
