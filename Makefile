@@ -50,17 +50,15 @@ run: $(STAMP)  ## execute notebooks/$(CH).md with papermill into $(OUT)/$(CH).ip
 	$(BIN)/jupytext --to ipynb -o _build/papermill/$(CH).ipynb notebooks/$(CH).md
 	$(BIN)/papermill --cwd notebooks _build/papermill/$(CH).ipynb $(OUT)/$(CH).ipynb -p output_dir $(abspath $(OUT)) $(ARGS)
 
-# Initial weights per backbone: the offline partial ImageNet files where they exist,
-# else none. Online, pass weights_vgg19=imagenet (etc.) for Keras' own download.
+# Initial weights: "offline" takes the ImageNet file registered per backbone in
+# lib/xray_transfer/models.py (OFFLINE_WEIGHTS) from $(WEIGHTS_DIR), or random where none
+# exists (Inception ResNet v2). Online, WEIGHTS=imagenet gives Keras' own download.
 WEIGHTS_DIR ?= $(abspath ../shared/weights)
-weights_vgg19 ?= none
-weights_mobilenet ?= $(WEIGHTS_DIR)/mobilenet_1_0_224_imagenet_notop.partial.weights.h5
-weights_inception_v3 ?= $(WEIGHTS_DIR)/inception_v3_imagenet_notop.partial.weights.h5
-weights_xception ?= none
-weights_inception_resnet_v2 ?= none
+export XRAY_WEIGHTS_DIR := $(WEIGHTS_DIR)
+WEIGHTS ?= offline
 
 train-%: $(STAMP)  ## e.g. make train-vgg19: the training chapter for one backbone (resumes finished folds)
-	$(MAKE) run CH=training OUT=artifacts/runs/$* ARGS="-p backbone $* -p weights $(weights_$*) $(ARGS)"
+	$(MAKE) run CH=training OUT=artifacts/runs/$* ARGS="-p backbone $* -p weights $(WEIGHTS) $(ARGS)"
 
 train-all: $(addprefix train-,$(BACKBONES))  ## the full protocol for all five backbones
 
@@ -80,7 +78,7 @@ clean:  ## remove the build and generated notebooks (keeps .venv and data)
 # The .keras files stay in data/models (not in git); their records go to artifacts/models.
 FINAL_BACKBONES ?= $(BACKBONES)
 final-%: $(STAMP)  ## e.g. make final-mobilenet: train on all images, save data/models/<backbone>.keras
-	$(BIN)/xray-transfer final --dataset $(DATASET) --backbone $* --weights $(weights_$*)
+	$(BIN)/xray-transfer final --dataset $(DATASET) --backbone $* --weights $(WEIGHTS)
 	mkdir -p artifacts/models && cp data/models/$*.json artifacts/models/$*.json
 
 final-models: $(addprefix final-,$(FINAL_BACKBONES))  ## the models the audit chapter uses
@@ -89,9 +87,9 @@ final-models: $(addprefix final-,$(FINAL_BACKBONES))  ## the models the audit ch
 AUDIT_RUNS := grouped-mobilenet grouped-vgg19 lungs-hidden-mobilenet lungs-hidden-vgg19
 audit-runs: $(addprefix audit-run-,$(AUDIT_RUNS))  ## patient-grouped folds and lungs hidden, MobileNet and VGG19
 audit-run-grouped-%: $(STAMP)
-	$(MAKE) run CH=training OUT=artifacts/audit/grouped-$* ARGS="-p backbone $* -p weights $(weights_$*) -p group_by_patient True"
+	$(MAKE) run CH=training OUT=artifacts/audit/grouped-$* ARGS="-p backbone $* -p weights $(WEIGHTS) -p group_by_patient True"
 audit-run-lungs-hidden-%: $(STAMP)
-	$(MAKE) run CH=training OUT=artifacts/audit/lungs-hidden-$* ARGS="-p backbone $* -p weights $(weights_$*) -p image_mask lungs_hidden"
+	$(MAKE) run CH=training OUT=artifacts/audit/lungs-hidden-$* ARGS="-p backbone $* -p weights $(WEIGHTS) -p image_mask lungs_hidden"
 
 audit: $(STAMP)  ## execute the audit chapter (needs the data, the audit runs and final models)
 	$(MAKE) run CH=audit OUT=artifacts/audit

@@ -20,20 +20,20 @@ R=.gpu/out; mkdir -p $R
 (while sleep 10; do tar czf "$OUT/runs.tmp.tgz" -C .gpu out 2>/dev/null && mv "$OUT/runs.tmp.tgz" "$OUT/runs.tgz"; done) &
 TARLOOP=$!
 train() { local t0=$SECONDS; python3 -m xray_transfer.cli train --dataset .gpu/dataset.npz $EXTRA "$@" 2>&1 | grep -v -E "^(I0000|W0000|WARNING: All log)"; echo "== $* : $((SECONDS - t0)) s"; }
-MW=.gpu/mobilenet_1_0_224_imagenet_notop.partial.weights.h5
+export XRAY_WEIGHTS_DIR=$PWD/.gpu  # the registered offline weights files (models.OFFLINE_WEIGHTS), carried
 # Priority order: the paper's runs first, then the audit experiments, then the benchmark.
 # STAGES picks which (a second session with little device time left ran "audit" alone).
 for stage in ${STAGES:-paper audit bench}; do case $stage in
 paper)
-  train --backbone mobilenet --weights $MW --out $R/runs/mobilenet
+  train --backbone mobilenet --out $R/runs/mobilenet
   train --backbone vgg19 --out $R/runs/vgg19
   train --backbone xception --out $R/runs/xception
   train --backbone inception_resnet_v2 --out $R/runs/inception_resnet_v2 ;;
 audit)
-  train --backbone mobilenet --weights $MW --group-by-patient --out $R/audit/grouped-mobilenet
+  train --backbone mobilenet --group-by-patient --out $R/audit/grouped-mobilenet
   train --backbone vgg19 --image-mask lungs_hidden --out $R/audit/lungs-hidden-vgg19
   train --backbone vgg19 --group-by-patient --out $R/audit/grouped-vgg19
-  train --backbone mobilenet --weights $MW --image-mask lungs_hidden --out $R/audit/lungs-hidden-mobilenet ;;
+  train --backbone mobilenet --image-mask lungs_hidden --out $R/audit/lungs-hidden-mobilenet ;;
 bench)
   BL=""; [ "${SMOKE:-0}" = 1 ] && BL="--limit 60 --backbones vgg19"
   python3 -m xray_transfer.cli benchmark --dataset .gpu/dataset.npz --out $R/benchmark --epochs 3 $BL 2>&1 | grep -v -E "^(I0000|W0000)" ;;

@@ -1,24 +1,44 @@
-"""Every committed run artifact says what made it: parameters, data manifest, weights, versions, commit."""
+"""Every committed run artifact says what made it: parameters, data manifest, weights, versions, commit.
+
+Two generations live in ``artifacts/``: the current one (every record on the current dataset,
+``artifacts/dataset``) and ``artifacts/earlier-1426/``, the runs made before the shared data
+had all 504 normals (1426 images; VGG19, Xception and Inception ResNet v2 from random
+weights), kept for comparison. A record of one generation never carries the other's dataset.
+"""
 import json
 from pathlib import Path
 
 import pytest
 
+from xray_transfer import models
+
 REPO = Path(__file__).resolve().parents[1]
 ART = REPO / "artifacts"
+EARLIER = ART / "earlier-1426"
 DATASET = json.loads((ART / "dataset" / "dataset.json").read_text())
-RECORDS = sorted([*ART.glob("runs/*/run.json"), *ART.glob("audit/*/run.json"), *ART.glob("models/*.json")])
+EARLIER_MANIFEST = "5b3032734b2c671a168233ff664d1646dd8e42324e9dbffe5b8bfc0b9ed0f971"
+
+
+def records(root):
+    return sorted([*root.glob("runs/*/run.json"), *root.glob("audit/*/run.json"), *root.glob("models/*.json")])
+
+
+CURRENT, OLD = records(ART), records(EARLIER)
+
+
+def test_current_dataset_is_the_papers_1428_images():
+    assert DATASET["counts"] == {"covid": 224, "normal": 504, "pneumonia": 700}
+    assert DATASET["shortfall"] == {} and DATASET["manifest_sha256"] != EARLIER_MANIFEST
 
 
 def test_there_are_records_to_check():
-    assert len(list(ART.glob("runs/*/run.json"))) == 5 and len(list(ART.glob("models/*.json"))) == 5
+    assert len(list(EARLIER.glob("runs/*/run.json"))) == 5 and len(list(EARLIER.glob("models/*.json"))) == 5
 
 
-@pytest.mark.parametrize("path", RECORDS, ids=lambda p: str(p.relative_to(ART)))
-def test_run_and_model_records_carry_full_provenance(path):
+def check_record(path, manifest):
     rec = json.loads(path.read_text())
     assert rec["params"]["backbone"] and rec["params"]["epochs"] >= 1
-    assert rec["dataset"]["manifest_sha256"] == DATASET["manifest_sha256"], "made from another dataset"
+    assert rec["dataset"]["manifest_sha256"] == manifest, "made from another dataset than its generation's"
     w = rec["weights"]
     assert w["kind"] in ("none", "partial imagenet file", "imagenet (keras download)", "file")
     if w["kind"] != "none":
@@ -27,12 +47,42 @@ def test_run_and_model_records_carry_full_provenance(path):
     assert len(env["git"]["commit"]) == 40, "no git commit recorded"
     assert env["git"]["dirty"] is not True, "made from uncommitted library or chapter code"
     assert env["versions"]["keras"] and env["device"] and env["backend"]
+    return rec
+
+
+@pytest.mark.parametrize("path", CURRENT, ids=lambda p: str(p.relative_to(ART)))
+def test_current_records_carry_the_current_manifest_and_registered_weights(path):
+    rec = check_record(path, DATASET["manifest_sha256"])
+    reg = models.OFFLINE_WEIGHTS.get(rec["params"]["backbone"])
+    if reg is None:
+        assert rec["weights"]["kind"] == "none"
+    else:  # the file it started from is the registered one, with its missing and quantized tensors
+        assert rec["weights"]["sha256"] == reg.sha256 and rec["weights"]["label"] == reg.label
+        assert "missing_tensors" in rec["weights"] and "dequantized_tensors" in rec["weights"]
+
+
+@pytest.mark.parametrize("path", OLD, ids=lambda p: str(p.relative_to(ART)))
+def test_earlier_records_carry_the_earlier_manifest(path):
+    check_record(path, EARLIER_MANIFEST)
+
+
+def test_current_fold_files_belong_to_their_run():
+    for run in ART.glob("*/*/run.json"):
+        if EARLIER in run.parents:
+            continue
+        ident = json.loads(run.read_text())["identity_sha256"]
+        for fold in run.parent.glob("fold-*.json"):
+            assert json.loads(fold.read_text())["run_identity_sha256"] == ident, fold
 
 
 def test_dataset_and_benchmark_records_carry_provenance():
     assert len(DATASET["manifest_sha256"]) == 64
     assert len(DATASET["git"]["commit"]) == 40 and DATASET["versions"]["pillow"]
-    bench = json.loads((ART / "benchmark" / "benchmark.json").read_text())
-    assert bench["manifest_sha256"] == DATASET["manifest_sha256"]
-    assert bench["epochs"] >= 1 and bench["n_images"] > 0 and bench["weights"]
-    assert len(bench["environment"]["git"]["commit"]) == 40 and bench["environment"]["git"]["dirty"] is not True
+    for path, manifest in [(ART / "benchmark" / "benchmark.json", DATASET["manifest_sha256"]),
+                           (EARLIER / "benchmark" / "benchmark.json", EARLIER_MANIFEST)]:
+        if not path.exists():
+            continue
+        bench = json.loads(path.read_text())
+        assert bench["manifest_sha256"] == manifest
+        assert bench["epochs"] >= 1 and bench["n_images"] > 0 and bench["weights"]
+        assert len(bench["environment"]["git"]["commit"]) == 40 and bench["environment"]["git"]["dirty"] is not True

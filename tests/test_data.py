@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xray_transfer.data import (CLASSES, DATA_ENV, DataLayoutError, assemble, find_candidates,
+from xray_transfer.data import (CLASSES, DATA_ENV, DataLayoutError, assemble, draw_key, find_candidates,
                                 kermany_patient, load_dataset, pack, read_manifest, resolve_data_dir,
                                 select, sha256_file, synthetic_collections)
 from xray_transfer.preprocess import ImageReadError
@@ -61,14 +61,31 @@ def test_kermany_patient_rejects_foreign_name():
 
 # ---- selection ----
 
-def test_selection_takes_first_n_by_file_sha256_whatever_the_listing_order(cxr_dir):
+def test_selection_takes_first_n_by_name_key_whatever_the_listing_order(cxr_dir):
     cands = find_candidates(cxr_dir)
     chosen = select(cands, SMALL)
     for label in CLASSES:
-        all_hashes = sorted(sha256_file(c.path) for c in cands[label])
-        assert [h for _, h in chosen[label]] == all_hashes[:SMALL[label]]
+        keys = sorted(draw_key(c.source, c.path) for c in cands[label])
+        assert [draw_key(c.source, c.path) for c, _ in chosen[label]] == keys[:SMALL[label]]
+        assert [h for _, h in chosen[label]] == [sha256_file(c.path) for c, _ in chosen[label]]
     shuffled = {k: random.Random(1).sample(v, len(v)) for k, v in cands.items()}
     assert select(shuffled, SMALL) == chosen
+
+
+def test_originals_at_another_size_and_format_select_the_same_names(cxr_dir, tmp_path):
+    """A reader's full-size originals (other bytes, size and format) draw the same images."""
+    import shutil
+    other = tmp_path / "originals"
+    shutil.copytree(cxr_dir, other)
+    for path in list(other.rglob("*")):
+        if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+            with Image.open(path) as im:
+                big = im.resize((im.width * 3, im.height * 3))
+            big.save(path, quality=70) if path.suffix.lower() != ".png" else big.save(path)
+    a, b = select(find_candidates(cxr_dir), SMALL), select(find_candidates(other), SMALL)
+    for label in CLASSES:
+        assert [c.original_path for c, _ in a[label]] == [c.original_path for c, _ in b[label]]
+        assert [h for _, h in a[label]] != [h for _, h in b[label]]  # the bytes did change
 
 
 def test_assemble_writes_asked_counts_and_266x200_images(cxr_dir, tmp_path):

@@ -189,9 +189,57 @@ def test_imagenet_offline_raises_weights_unavailable_naming_local_option(monkeyp
         models.build_model(key, input_shape=(32, 43, 3), weights="imagenet")
     msg = str(err.value)
     assert "OSError" in msg and "weights='none'" in msg
-    offline_file = models.get_backbone(key).offline_weights
-    if offline_file:
-        assert offline_file in msg
+    assert models.OFFLINE_WEIGHTS[key].file in msg
+
+
+SHARED_WEIGHTS = models.DEFAULT_WEIGHTS_DIR
+
+
+@pytest.mark.parametrize("key", sorted(models.OFFLINE_WEIGHTS))
+def test_registered_offline_weights_match_their_files_and_cards(key):
+    reg = models.OFFLINE_WEIGHTS[key]
+    path = SHARED_WEIGHTS / reg.file
+    assert path.is_file(), f"{path} missing: ../shared/weights must sit beside the repository"
+    assert models.resolve_weights(key, "offline", SHARED_WEIGHTS) == str(path)
+    prov = models.weights_provenance(path)
+    assert prov["sha256"] == reg.sha256, "the file changed: check its card and update OFFLINE_WEIGHTS"
+    assert prov["label"] == reg.label == models.init_label(prov)
+    card = json.loads(path.with_name(reg.file.replace(".weights.h5", ".json")).read_text())
+    assert card["sha256"] == reg.sha256
+    complete = not card["missing_tensors"]
+    assert ("partial" not in reg.label) == complete
+    assert prov["missing_tensors"] == card["missing_tensors"]
+
+
+def test_resolve_weights_offline_without_file_says_where(tmp_path, monkeypatch):
+    monkeypatch.delenv(models.WEIGHTS_ENV, raising=False)
+    with pytest.raises(FileNotFoundError, match=r"XRAY_WEIGHTS_DIR.*xception_imagenet"):
+        models.resolve_weights("xception", "offline", tmp_path)
+    assert models.resolve_weights("inception_resnet_v2", "offline", tmp_path) == "none"
+    assert models.resolve_weights("vgg19", "none") == "none"
+    monkeypatch.setenv(models.WEIGHTS_ENV, str(SHARED_WEIGHTS))
+    assert models.resolve_weights("vgg19", "offline").endswith(models.OFFLINE_WEIGHTS["vgg19"].file)
+
+
+@pytest.mark.parametrize("key", ["mobilenet", "xception", "inception_v3"])
+def test_offline_weights_batchnorm_means_match_real_xrays(key):
+    """ImageNet-trained BatchNorm moving means follow the batch means of real images; random ones don't.
+
+    Per channel, the mean of the input to each of the first BatchNormalization layers over a
+    few real X-rays correlates with the stored moving mean (a random base stores zeros).
+    """
+    root = SHARED_WEIGHTS.parent / "cxr" / "kermany" / "NORMAL"
+    files = sorted(root.iterdir())[:6]
+    from xray_transfer.preprocess import letterbox, read_image
+    imgs = np.stack([np.asarray(letterbox(read_image(f), (133, 100))) for f in files])
+    model = models.build_model(key, input_shape=(100, 133, 3), weights=models.resolve_weights(key, "offline", SHARED_WEIGHTS))
+    x = models.preprocess_input(key, imgs)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)][:6]
+    probe = keras.Model(model.input, [bn.input for bn in bns])
+    outs = probe.predict(x, verbose=0)
+    corr = [np.corrcoef(o.mean(axis=(0, 1, 2)), keras.ops.convert_to_numpy(bn.moving_mean))[0, 1]
+            for o, bn in zip(outs, bns)]
+    assert np.median(corr) > 0.8, corr
 
 
 def test_other_construction_errors_are_not_reported_as_missing_weights():

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from xray_transfer import metrics, train
+from xray_transfer import metrics, models, train
 from xray_transfer.data import CLASSES, Dataset
 
 # ---------------------------------------------------------------- make_config
@@ -27,8 +27,11 @@ def test_make_config_fills_in_the_papers_protocol():
     (dict(epochs=0), r"epochs must be a positive integer, got 0"),
     (dict(batch_size="64"), r"batch_size must be a positive integer, got '64'"),
     (dict(epochs=True), r"epochs must be a positive integer, got True"),
-    (dict(learning_rate=-1e-4), r"learning_rate must be a positive number, got -0.0001"),
-    (dict(learning_rate="1e-4"), r"learning_rate must be a positive number"),
+    (dict(learning_rate=-1e-4), r"learning_rate must be a finite number in \(0, 1\], got -0.0001"),
+    (dict(learning_rate="1e-4"), r"learning_rate must be a finite number"),
+    (dict(learning_rate=float("inf")), r"learning_rate must be a finite number in \(0, 1\], got inf"),
+    (dict(learning_rate=float("nan")), r"learning_rate must be a finite number in \(0, 1\], got nan"),
+    (dict(batchnorm="train"), r"batchnorm must be one of \('batch_statistics', 'inference'\), got 'train'"),
     (dict(image_size=(16, 266)), r"image_size must be \(height, width\), each at least 32"),
     (dict(image_size=(200, 266, 3)), r"image_size must be \(height, width\)"),
     (dict(dropout=1.0), r"dropout must be a number in \[0, 1\), got 1.0"),
@@ -290,3 +293,87 @@ def test_fast_path_predicts_what_plain_training_predicts(backbone):
             assert len(trainer.inputs) == 2  # two tensors cross Xception's cutoff
     np.testing.assert_allclose(probs[True], probs[False], atol=1e-5)
     assert probs[True].shape == (len(test_idx), 3)
+
+
+# ---------------------------------------------------------------- resume checks each fold file
+
+
+def copy_run(run_dir, tmp_path):
+    import shutil
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    return out
+
+
+def test_resume_refuses_an_empty_or_damaged_fold_file(run_dir, dataset, tmp_path):
+    out = copy_run(run_dir, tmp_path)
+    (out / "fold-01.json").write_text("")
+    with pytest.raises(train.RunMismatch, match=r"fold-01.json: not a valid fold record.*delete it"):
+        train.cross_validate(dataset, out, progress=False, **RUN)
+
+
+def test_resume_refuses_fold_files_of_another_run(run_dir, dataset, tmp_path):
+    out = copy_run(run_dir, tmp_path)
+    fold = json.loads((out / "fold-00.json").read_text())
+    fold["run_identity_sha256"] = "0" * 64
+    (out / "fold-00.json").write_text(json.dumps(fold))
+    with pytest.raises(train.RunMismatch, match="fold-00.json: made by a run with other parameters"):
+        train.cross_validate(dataset, out, progress=False, **RUN)
+
+
+def test_resume_refuses_fold_with_other_test_images(run_dir, dataset, tmp_path):
+    out = copy_run(run_dir, tmp_path)
+    fold = json.loads((out / "fold-00.json").read_text())
+    fold["test_file"] = fold["test_file"][::-1]
+    (out / "fold-00.json").write_text(json.dumps(fold))
+    with pytest.raises(train.RunMismatch, match="its test images differ"):
+        train.cross_validate(dataset, out, progress=False, **RUN)
+
+
+def test_folds_without_run_record_are_refused_not_reused(run_dir, dataset, tmp_path):
+    out = copy_run(run_dir, tmp_path)
+    (out / "run.json").unlink()
+    with pytest.raises(train.RunMismatch, match=r"fold files .* but no run.json.*start afresh"):
+        train.cross_validate(dataset, out, progress=False, **{**RUN, "learning_rate": 1e-3})
+    assert not (out / "run.json").exists()
+
+
+# ---------------------------------------------------------------- non-finite values
+
+
+def test_diverging_training_stops_with_an_error_not_a_class(dataset, tmp_path, monkeypatch):
+    fit = train.Trainer.fit_fold
+
+    def poisoned(self, *args, **kwargs):
+        for v in self.net.trainable_variables:
+            v.assign(np.full(v.shape, np.nan, dtype="float32"))
+        self._init_model = [v.numpy() for v in self.model.variables]
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(train.Trainer, "fit_fold", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(train.TrainingDiverged, match="training loss became nan in epoch 1; lower learning_rate"):
+        train.cross_validate(dataset, out, progress=False, **RUN)
+    assert not list(out.glob("fold-*.json"))
+
+
+# ---------------------------------------------------------------- BatchNorm mode
+
+
+def test_batchnorm_inference_mode_keeps_imagenet_statistics_while_fine_tuning(dataset):
+    import keras
+    cfg = train.make_config(**{**RUN, "batchnorm": "inference"})
+    trainer = train.Trainer(cfg, dataset.images)
+    bns = [layer for layer in trainer.model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and not any(bn.trainable for bn in bns)
+    before = [bn.moving_mean.numpy().copy() for bn in bns]
+    idx = np.arange(len(dataset))
+    trainer.fit_fold(idx[:16], idx[16:], dataset.labels, fold_seed=0)
+    assert all(np.array_equal(b, bn.moving_mean.numpy()) for b, bn in zip(before, bns))
+    default = train.Trainer(train.make_config(**RUN), dataset.images)
+    above = [layer for layer in default.model.layers[models.get_backbone("mobilenet").cutoff:]
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    before = [bn.moving_mean.numpy().copy() for bn in above]
+    default.fit_fold(idx[:16], idx[16:], dataset.labels, fold_seed=0)
+    assert all(bn.trainable for bn in above)
+    assert any(not np.array_equal(b, bn.moving_mean.numpy()) for b, bn in zip(before, above))

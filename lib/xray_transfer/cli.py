@@ -17,8 +17,9 @@ def main(argv=None) -> int:
     a = sub.add_parser("assemble", help="select and letterbox the dataset from the collections")
     a.add_argument("--data", default=None, help="collections folder (default $XRAY_DATA_DIR)")
     a.add_argument("--out", default="data/dataset")
-    a.add_argument("--strict", action="store_true",
-                   help="fail if a class has fewer images than the paper (default: take all, recorded)")
+    a.add_argument("--allow-shortfall", action="store_true",
+                   help="take all images of a class that has fewer than the paper's count (recorded) "
+                        "instead of stopping")
     a.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of failing")
 
     k = sub.add_parser("pack", help="pack the dataset cache into one .npz to carry to another machine")
@@ -29,7 +30,10 @@ def main(argv=None) -> int:
     t.add_argument("--dataset", default="data/dataset", help="dataset folder or .npz pack")
     t.add_argument("--out", required=True, help="run folder (artifacts)")
     t.add_argument("--backbone", required=True)
-    t.add_argument("--weights", default="none", help="'none', 'imagenet' or a .weights.h5 path")
+    t.add_argument("--weights", default="offline",
+                   help="'offline' (the registered ImageNet file in $XRAY_WEIGHTS_DIR, default ../shared/weights), "
+                        "'imagenet' (Keras download), 'none' (random) or a .weights.h5 path")
+    t.add_argument("--batchnorm", default="batch_statistics", choices=["batch_statistics", "inference"])
     t.add_argument("--n-splits", type=int, default=10)
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=64)
@@ -44,7 +48,8 @@ def main(argv=None) -> int:
     f = sub.add_parser("final", help="train on all images with the protocol and save the model (.keras)")
     f.add_argument("--dataset", default="data/dataset")
     f.add_argument("--backbone", required=True)
-    f.add_argument("--weights", default="none")
+    f.add_argument("--weights", default="offline", help="as for train")
+    f.add_argument("--batchnorm", default="batch_statistics", choices=["batch_statistics", "inference"])
     f.add_argument("--out", default=None, help="model file (default data/models/<backbone>.keras)")
     f.add_argument("--epochs", type=int, default=10)
 
@@ -64,7 +69,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "assemble":
         from .data import assemble
-        info = assemble(args.data, args.out, allow_shortfall=not args.strict,
+        info = assemble(args.data, args.out, allow_shortfall=args.allow_shortfall,
                         on_error="skip" if args.skip_bad else "raise")
         print(json.dumps({k: v for k, v in info.items() if k != "skipped"}, indent=1))
         print(f"skipped {len(info['skipped'])} unreadable images")
@@ -80,14 +85,14 @@ def main(argv=None) -> int:
                              n_splits=args.n_splits, epochs=args.epochs, batch_size=args.batch_size,
                              learning_rate=args.learning_rate, seed=args.seed, fast=fast,
                              group_by_patient=args.group_by_patient, image_mask=args.image_mask,
-                             image_size=tuple(args.image_size))
+                             image_size=tuple(args.image_size), batchnorm=args.batchnorm)
         print(f"{args.backbone}: folds done {rec['folds_done']}")
     elif args.cmd == "final":
         from .data import load_dataset
         from .train import fit_final
         out = args.out or f"data/models/{args.backbone}.keras"
         rec = fit_final(load_dataset(args.dataset), out, backbone=args.backbone, weights=args.weights,
-                        epochs=args.epochs)
+                        epochs=args.epochs, batchnorm=args.batchnorm)
         print(f"{out}: sha256 {rec['model_sha256']}, {rec['fit_seconds']:.0f} s")
     elif args.cmd == "predict":
         from .predict import predict_folder

@@ -7,9 +7,12 @@ Layout expected under ``data_dir`` (the collections' own layouts)::
     kermany/NORMAL/*.jpeg                       Kermany et al. 2018, chest_xray/*/NORMAL
     kermany/PNEUMONIA/*_bacteria_*.jpeg         same, bacterial pneumonia only
 
-Selection rule (deterministic, independent of file order and names): within each
-class, candidates are sorted by the SHA-256 of their file bytes and the first
-``n`` are kept (224 COVID-19, 700 bacterial pneumonia, 504 normal by default).
+Selection rule (deterministic, by name only): within each class, candidates are
+ordered by :func:`draw_key`, the SHA-256 of ``"<collection>/<file name without
+extension>"`` (e.g. ``"kermany/person1000_bacteria_2931"``), and the first ``n`` are
+kept (224 COVID-19, 700 bacterial pneumonia, 504 normal by default). The key does not
+depend on the file's bytes, size or format, so the full-size originals downloaded from
+the collections select the same images as a downscaled or re-encoded copy.
 """
 from __future__ import annotations
 
@@ -147,15 +150,25 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
+def draw_key(source: str, path) -> str:
+    """Order of an image in its class's draw: SHA-256 of ``"<source>/<stem>"`` (name only).
+
+    >>> draw_key("kermany", "kermany/NORMAL/IM-0035-0001.jpeg")[:12]
+    '83a360470bc7'
+    """
+    return hashlib.sha256(f"{source}/{Path(path).stem}".encode()).hexdigest()
+
+
 def select(candidates: dict[str, list[Candidate]], counts=None, on_missing="raise",
            allow_shortfall=False) -> dict[str, list[tuple[Candidate, str]]]:
-    """Draw ``counts[label]`` images per class: the first by SHA-256 of the file bytes.
+    """Draw ``counts[label]`` images per class: the first by :func:`draw_key` (file names only).
 
     A class with fewer eligible images than asked for is an error, unless
     ``allow_shortfall`` is true: then all of its images are taken.
 
-    Returns, per class, (candidate, sha256) pairs in draw order. Missing files
-    raise :class:`ImageReadError` naming the file and the metadata row's source.
+    Returns, per class, (candidate, sha256 of the file bytes) pairs in draw order.
+    Missing files raise :class:`ImageReadError` naming the file and the metadata
+    row's source.
     """
     counts = dict(PAPER_COUNTS if counts is None else counts)
     chosen = {}
@@ -166,16 +179,16 @@ def select(candidates: dict[str, list[Candidate]], counts=None, on_missing="rais
             if not allow_shortfall:
                 raise ValueError(_shortfall_message(label, n, len(pool)))
             n = len(pool)
-        hashed = []
+        present = []
         for c in pool:
             if not c.path.is_file():
                 if on_missing == "skip":
                     continue
                 raise ImageReadError(f"{c.path}: listed in {c.source}/metadata.csv but the file is missing; "
                                      "restore it or remove its row")
-            hashed.append((sha256_file(c.path), c))
-        hashed.sort(key=lambda t: (t[0], t[1].original_path))
-        chosen[label] = [(c, h) for h, c in hashed[:n]]
+            present.append(c)
+        present.sort(key=lambda c: (draw_key(c.source, c.path), c.original_path))
+        chosen[label] = [(c, sha256_file(c.path)) for c in present[:n]]
     return chosen
 
 
@@ -280,7 +293,7 @@ def assemble(data_dir=None, out_dir="data/dataset", size=OUTPUT_SIZE, counts=Non
         info = {"data_dir": str(root), "size": list(size), "counts": counts, "asked": asked,
                 "shortfall": {k: asked[k] - counts[k] for k in asked if counts[k] < asked[k]},
                 "eligible": {k: len(v) for k, v in cands.items()},
-                "selection": "per class, first n by SHA-256 of the file bytes",
+                "selection": "per class, first n by SHA-256 of '<collection>/<file name without extension>' (draw_key)",
                 "skipped": skipped, "manifest_sha256": manifest_hash(tmp / "manifest.csv"),
                 "seconds": round(time.perf_counter() - t0, 2),
                 "git": git_commit(), "versions": versions()}

@@ -6,6 +6,7 @@ Backend-agnostic Keras 3 (TensorFlow on the CPU here, JAX on a GPU machine).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,16 +26,13 @@ class Backbone:
     cutoff: int         #: untrainable layers from the input (Table 1)
     hidden: tuple       #: hidden layer sizes of the classifier (Table 1)
     n_layers: int       #: layers of the base with include_top=False
-    offline_weights: str | None = None  #: file name of the recovered weights in ``../shared/weights``
 
 
 #: The paper's Table 1: layer cutoff and classifier per backbone.
 TABLE1 = (
     Backbone("vgg19", "VGG19", "VGG19", "vgg19", 18, (1024,), 22),
-    Backbone("mobilenet", "MobileNet v1", "MobileNet", "mobilenet", 10, (1000, 750), 86,
-             "mobilenet_1_0_224_imagenet_notop.partial.weights.h5"),
-    Backbone("inception_v3", "Inception v3", "InceptionV3", "inception_v3", 249, (1000,), 311,
-             "inception_v3_imagenet_notop.partial.weights.h5"),
+    Backbone("mobilenet", "MobileNet v1", "MobileNet", "mobilenet", 10, (1000, 750), 86),
+    Backbone("inception_v3", "Inception v3", "InceptionV3", "inception_v3", 249, (1000,), 311),
     Backbone("xception", "Xception", "Xception", "xception", 120, (1000, 750), 132),
     Backbone("inception_resnet_v2", "Inception ResNet v2", "InceptionResNetV2",
              "inception_resnet_v2", 730, (), 780),
@@ -48,6 +46,99 @@ def get_backbone(key: str) -> Backbone:
         return BACKBONES[key]
     except KeyError:
         raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {key!r}") from None
+
+@dataclass(frozen=True)
+class OfflineWeights:
+    """An ImageNet weights file of a base recovered offline (``../shared/weights``), in words."""
+
+    file: str       #: file name in the weights folder
+    sha256: str     #: SHA-256 of that file, checked when it is used
+    label: str      #: how the book names this initialisation
+    differs: str    #: what differs from Keras' own float32 ImageNet weights
+    evidence: str   #: why we believe the file holds ImageNet weights
+
+
+#: The offline weights, one per backbone that has any: the only place their files are named.
+OFFLINE_WEIGHTS = {
+    "vgg19": OfflineWeights(
+        "vgg19_imagenet_notop.uint8.fp16.weights.h5",
+        "a920a7c8bdd5a1a26b489696258c017fbf7d9bbb22309a6b9a70b54aeb9868dd",
+        "ImageNet (8-bit, complete)",
+        "all 32 tensors are ImageNet values, but blocks 4-5 (17.7 M of 20.0 M parameters) come from "
+        "an 8-bit export (256 levels per tensor); all values rounded to float16",
+        "the complete with-top network of the same 8-bit export labels a cat photograph as a cat "
+        "and an espresso as espresso (weights README)"),
+    "mobilenet": OfflineWeights(
+        "mobilenet_1_0_224_imagenet_notop.partial.weights.h5",
+        "83f1a59254a27426bb6ddbcb3cc4d3608e1fe45c2237d54dba494fb40caaed9d",
+        "ImageNet, partial: conv_pw_13 trained from scratch",
+        "conv_pw_13/kernel (1.05 M of 3.23 M parameters) missing, drawn from Keras' initializer; "
+        "the rest exact float32",
+        "BatchNorm moving means match the batch means of real images (test_models)"),
+    "inception_v3": OfflineWeights(
+        "inception_v3_imagenet_notop.partial.fp16.weights.h5",
+        "e18b8ab85d4ae99cb1675a8bc4e4096c5941684398ad3ab1f69a6a5bbe2cda9b",
+        "ImageNet, partial: two mixed9-10 kernels trained from scratch",
+        "the 3x3 448->384 kernels of mixed9 and mixed10 (3.1 M of 21.8 M parameters) missing, drawn "
+        "from Keras' initializer; the rest rounded to float16",
+        "BatchNorm moving means match the batch means of real images (test_models)"),
+    "xception": OfflineWeights(
+        "xception_imagenet_notop.partial.fp16.weights.h5",
+        "4dcf368110a355149a50a2656d56bcd87c410dcb97d4bbe608f33bb033f6f166",
+        "ImageNet, partial: block14 trained from scratch",
+        "block14's two separable convolutions (4.7 M of 20.9 M parameters) missing, drawn from "
+        "Keras' initializer; the rest rounded to float16",
+        "BatchNorm moving means match the batch means of real images (test_models; weights README)"),
+}
+#: Environment variable naming the folder of the offline weights files.
+WEIGHTS_ENV = "XRAY_WEIGHTS_DIR"
+#: Where the offline weights are in this workplace when no folder is given.
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "weights"
+
+
+def resolve_weights(backbone: str, weights="offline", weights_dir=None) -> str:
+    """Turn a ``weights`` argument into ``"none"``, ``"imagenet"`` or a file path.
+
+    ``"offline"`` means the file registered for ``backbone`` in :data:`OFFLINE_WEIGHTS`,
+    looked up in ``weights_dir`` (default ``$XRAY_WEIGHTS_DIR``, else ``../shared/weights``);
+    ``"none"`` if the backbone has no offline file (Inception ResNet v2). A missing
+    file is an error that says what to do.
+    """
+    if weights != "offline":
+        return "none" if weights is None else str(weights)
+    get_backbone(backbone)
+    reg = OFFLINE_WEIGHTS.get(backbone)
+    if reg is None:
+        return "none"
+    folder = Path(weights_dir or os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS_DIR)
+    path = folder / reg.file
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the offline ImageNet weights of {backbone} are not there; set "
+                                f"{WEIGHTS_ENV} to the folder holding {reg.file}, or pass weights='imagenet' "
+                                "(online) or weights='none'")
+    return str(path)
+
+
+def init_label(weights: dict) -> str:
+    """How a backbone was initialised, in words, from a run record's ``weights`` block.
+
+    >>> init_label({"kind": "none"})
+    'random'
+    >>> init_label({"kind": "file", "sha256": OFFLINE_WEIGHTS["xception"].sha256})
+    'ImageNet, partial: block14 trained from scratch'
+    """
+    w = weights or {}
+    if w.get("kind") == "none":
+        return "random"
+    if w.get("kind") == "imagenet (keras download)":
+        return "ImageNet (Keras, complete)"
+    for reg in OFFLINE_WEIGHTS.values():
+        if w.get("sha256") == reg.sha256:
+            return reg.label
+    if w.get("missing_tensors"):
+        return f"ImageNet, partial: {len(w['missing_tensors'])} tensors trained from scratch ({w.get('file')})"
+    return f"weights file {w.get('file')} (not registered)"
+
 
 
 def preprocess_input(backbone: str, images: np.ndarray) -> np.ndarray:
@@ -73,10 +164,11 @@ def weights_provenance(weights) -> dict:
     """
     if weights in (None, "none"):
         return {"requested": "none", "kind": "none", "file": None, "sha256": None,
-                "complete_imagenet": False, "missing_tensors": None}
+                "complete_imagenet": False, "missing_tensors": None, "label": "random"}
     if weights == "imagenet":
         return {"requested": "imagenet", "kind": "imagenet (keras download)", "file": None,
-                "sha256": None, "complete_imagenet": True, "missing_tensors": []}
+                "sha256": None, "complete_imagenet": True, "missing_tensors": [],
+                "label": "ImageNet (Keras, complete)"}
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} not found; pass an existing .weights.h5, 'imagenet' or 'none'")
@@ -84,14 +176,22 @@ def weights_provenance(weights) -> dict:
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     missing = card.get("missing_tensors")
     partial = bool(missing) or ".partial." in path.name
-    return {"requested": str(weights), "kind": "partial imagenet file" if partial else "file",
-            "file": path.name, "sha256": sha256_file(path), "complete_imagenet": False if partial else None,
-            "missing_tensors": missing, "missing_parameters": card.get("missing_parameters"),
-            "origin": card.get("origin")}
+    record = {"requested": str(weights), "kind": "partial imagenet file" if partial else "file",
+              "file": path.name, "sha256": sha256_file(path), "complete_imagenet": False if partial else None,
+              "missing_tensors": missing, "missing_parameters": card.get("missing_parameters"),
+              "dequantized_tensors": card.get("dequantized_tensors"),
+              "dequantized_parameters": card.get("dequantized_parameters"),
+              "stored_values": card.get("stored_values"), "origin": card.get("origin")}
+    record["label"] = init_label(record)
+    return record
+
+
+#: How BatchNormalization layers above the cutoff behave while fine-tuning.
+BATCHNORM_MODES = ("batch_statistics", "inference")
 
 
 def build_model(backbone: str, input_shape=(200, 266, 3), weights="none", pooling="avg",
-                dropout=0.5, n_classes=3, seed=0):
+                dropout=0.5, n_classes=3, seed=0, batchnorm="batch_statistics"):
     """Build Table 1's network for ``backbone``: base frozen below the cutoff, classifier on top.
 
     Parameters
@@ -110,6 +210,13 @@ def build_model(backbone: str, input_shape=(200, 266, 3), weights="none", poolin
     n_classes : int, default 3
     seed : int, default 0
         Seed for the random initialisation of every layer.
+    batchnorm : {"batch_statistics", "inference"}, default "batch_statistics"
+        BatchNormalization layers above the cutoff: trainable, normalising with each
+        batch's statistics during training and updating their moving averages (what
+        Keras does for a trainable layer, as in the paper's TensorFlow 2.1), or kept
+        frozen in inference mode with their ImageNet statistics (the practice the
+        Keras transfer-learning guide recommends). Layers below the cutoff are frozen,
+        hence in inference mode, either way.
 
     Returns
     -------
@@ -123,6 +230,8 @@ def build_model(backbone: str, input_shape=(200, 266, 3), weights="none", poolin
         raise ValueError(f"pooling must be 'avg', 'max' or 'flatten', got {pooling!r}")
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if batchnorm not in BATCHNORM_MODES:
+        raise ValueError(f"batchnorm must be one of {BATCHNORM_MODES}, got {batchnorm!r}")
     keras.utils.set_random_seed(seed)
     ctor = getattr(keras.applications, spec.application)
     keras_weights = None
@@ -134,7 +243,8 @@ def build_model(backbone: str, input_shape=(200, 266, 3), weights="none", poolin
         base = ctor(include_top=False, weights=keras_weights, input_shape=tuple(input_shape))
     except Exception as err:  # the download failed (offline) or Keras refused the shape
         if keras_weights == "imagenet":
-            local = f" (an offline partial copy: ../shared/weights/{spec.offline_weights})" if spec.offline_weights else ""
+            reg = OFFLINE_WEIGHTS.get(backbone)
+            local = f" (an offline copy: weights='offline', file {reg.file})" if reg else ""
             raise WeightsUnavailable(
                 f"Keras could not get the ImageNet weights of {spec.application} ({type(err).__name__}: {err}). "
                 f"Offline, pass weights=<path to a .weights.h5 of the base>{local}, or weights='none' "
@@ -147,6 +257,8 @@ def build_model(backbone: str, input_shape=(200, 266, 3), weights="none", poolin
                            f"{spec.n_layers}; the cutoff {spec.cutoff} would not mean the paper's layer")
     for i, layer in enumerate(base.layers):
         layer.trainable = i >= spec.cutoff
+        if batchnorm == "inference" and isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False  # a frozen BatchNormalization layer runs in inference mode
     x = base.output
     x = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D,
          "flatten": keras.layers.Flatten}[pooling](name="head_pool")(x)

@@ -9,7 +9,9 @@ when the cutoff is deep (see ``tests/test_train.py`` for the equivalence test).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -17,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import build_model, get_backbone, preprocess_input, split_at_cutoff, weights_provenance
+from .models import (BATCHNORM_MODES, build_model, get_backbone, preprocess_input, resolve_weights,
+                     split_at_cutoff, weights_provenance)
 
 #: The paper's protocol (Section 2.3); unstated choices are marked in DEFAULT_NOTES.
 DEFAULTS = dict(backbone="mobilenet", weights="none", n_splits=10, epochs=10, batch_size=64,
                 learning_rate=1e-4, dropout=0.5, pooling="avg", seed=0, image_size=(200, 266),
-                fast="auto", group_by_patient=False, image_mask="none")
+                fast="auto", group_by_patient=False, image_mask="none", batchnorm="batch_statistics")
 DEFAULT_NOTES = {
     "learning_rate": "unstated in the paper; 1e-4, a common Adam rate for fine-tuning",
     "dropout": "unstated; 0.5 (Hinton et al. 2012) between the two hidden layers",
@@ -30,7 +33,17 @@ DEFAULT_NOTES = {
     "loss": "unstated; softmax output with categorical cross-entropy",
     "scaling": "unstated; each backbone's own keras.applications preprocess_input",
     "augmentation": "none (discussed in Section 2.2, not stated as used)",
+    "batchnorm": "unstated; BatchNormalization above the cutoff trains with batch statistics, "
+                 "as Keras in TensorFlow 2.1 (early 2020) did for a trainable layer",
 }
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or a prediction became NaN or infinite; the message says which fold and epoch."""
+
+
+class RunMismatch(ValueError):
+    """A run folder holds files of another run; the message says how to start afresh."""
 PROTOCOL = dict(n_splits=10, epochs=10, batch_size=64, image_size=(200, 266))
 
 
@@ -50,9 +63,9 @@ def make_config(**params) -> dict:
             raise ValueError(f"{k} must be a positive integer, got {cfg[k]!r}")
     if cfg["n_splits"] < 2:
         raise ValueError(f"n_splits must be at least 2, got {cfg['n_splits']!r}")
-    if isinstance(cfg["learning_rate"], bool) or not (isinstance(cfg["learning_rate"], (int, float))
-                                                      and cfg["learning_rate"] > 0):
-        raise ValueError(f"learning_rate must be a positive number, got {cfg['learning_rate']!r}")
+    lr = cfg["learning_rate"]
+    if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and 0 < lr <= 1):
+        raise ValueError(f"learning_rate must be a finite number in (0, 1], got {lr!r}")
     size = tuple(int(v) for v in cfg["image_size"])
     if len(size) != 2 or min(size) < 32:
         raise ValueError(f"image_size must be (height, width), each at least 32, got {cfg['image_size']!r}")
@@ -67,8 +80,9 @@ def make_config(**params) -> dict:
         raise ValueError(f"fast must be 'auto', True or False, got {cfg['fast']!r}")
     if cfg["image_mask"] not in ("none", "lungs_hidden"):
         raise ValueError(f"image_mask must be 'none' or 'lungs_hidden', got {cfg['image_mask']!r}")
-    if cfg["weights"] not in ("none", "imagenet"):
-        cfg["weights"] = str(cfg["weights"])
+    if cfg["batchnorm"] not in BATCHNORM_MODES:
+        raise ValueError(f"batchnorm must be one of {BATCHNORM_MODES}, got {cfg['batchnorm']!r}")
+    cfg["weights"] = resolve_weights(cfg["backbone"], cfg["weights"])
     cfg["seed"] = int(cfg["seed"])
     return cfg
 
@@ -157,7 +171,8 @@ class Trainer:
         self.spec = get_backbone(cfg["backbone"])
         h, w = cfg["image_size"]
         self.model = build_model(cfg["backbone"], input_shape=(h, w, 3), weights=cfg["weights"],
-                                 pooling=cfg["pooling"], dropout=cfg["dropout"], seed=cfg["seed"])
+                                 pooling=cfg["pooling"], dropout=cfg["dropout"], seed=cfg["seed"],
+                                 batchnorm=cfg["batchnorm"])
         self.fast, self.fast_reason = use_fast_path(cfg)
         x = preprocess_input(cfg["backbone"], images)
         t0 = time.perf_counter()
@@ -199,6 +214,10 @@ class Trainer:
             h = self.net.fit(self._take(perm), labels[perm], batch_size=cfg["batch_size"], epochs=1,
                              shuffle=False, verbose=0)
             dt = time.perf_counter() - t0
+            if not math.isfinite(h.history["loss"][0]):
+                raise TrainingDiverged(
+                    f"{cfg['backbone']}: training loss became {h.history['loss'][0]} in epoch {epoch + 1}; "
+                    f"lower learning_rate (now {cfg['learning_rate']}) and start the run afresh")
             ev = (self.net.evaluate(xte, yte, batch_size=cfg["batch_size"], verbose=0, return_dict=True)
                   if len(test_idx) else {"loss": float("nan"), "accuracy": float("nan")})
             history["loss"].append(float(h.history["loss"][0]))
@@ -215,6 +234,9 @@ class Trainer:
         t0 = time.perf_counter()
         probs = (self.net.predict(xte, batch_size=cfg["batch_size"], verbose=0) if len(test_idx)
                  else np.zeros((0, 3)))
+        if not np.isfinite(probs).all():
+            raise TrainingDiverged(f"{cfg['backbone']}: {int((~np.isfinite(probs)).any(1).sum())} test "
+                                   "prediction(s) are NaN or infinite; lower learning_rate and start afresh")
         return {"history": history, "probs": np.asarray(probs, dtype=np.float64),
                 "predict_seconds": time.perf_counter() - t0}
 
@@ -258,17 +280,25 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, **para
     identity = {"params": {k: v for k, v in cfg.items() if k != "weights"},
                 "weights": {k: weights[k] for k in ("kind", "sha256")},
                 "manifest_sha256": dataset.manifest_sha256, "files_sha256": _files_digest(files)}
+    identity_sha256 = hashlib.sha256(json.dumps(identity, sort_keys=True, default=_jsonable).encode()).hexdigest()
+    afresh = f"delete {out} (or choose another output folder) to start afresh"
     if record_path.exists():
-        old = json.loads(record_path.read_text())
+        try:
+            old = json.loads(record_path.read_text())
+        except ValueError:
+            raise RunMismatch(f"{record_path}: not valid JSON (damaged?); {afresh}") from None
         if old.get("identity") != identity:
             was = old.get("identity") or {}
             diff = {k: (was.get(k), v) for k, v in identity.items() if was.get(k) != v}
-            raise ValueError(f"{out} holds a run with other parameters, weights or images {diff} (old, new); "
-                             "choose another output_dir or delete that one")
+            raise RunMismatch(f"{out} holds a run with other parameters, weights or images {diff} (old, new); {afresh}")
         record = old
     else:
+        stray = sorted(p.name for p in out.glob("fold-*.json"))
+        if stray:
+            raise RunMismatch(f"{out} has fold files ({', '.join(stray[:3])}) but no run.json, so their "
+                              f"parameters are unknown; {afresh}")
         counts = np.bincount(dataset.labels, minlength=3).tolist()
-        record = {"params": cfg, "identity": identity, "notes": DEFAULT_NOTES,
+        record = {"params": cfg, "identity": identity, "identity_sha256": identity_sha256, "notes": DEFAULT_NOTES,
                   "full_protocol": is_full_protocol(cfg, len(dataset)),
                   "dataset": {"manifest_sha256": dataset.manifest_sha256, "n_images": len(dataset),
                               "counts": counts},
@@ -281,7 +311,13 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, **para
                         for i, r in enumerate(dataset.manifest))
         os.replace(out / ".folds.csv.tmp", out / "folds.csv")
         _atomic_json(record_path, record)
-    todo = [k for k in range(cfg["n_splits"]) if not (out / f"fold-{k:02d}.json").exists()]
+    todo = []
+    for k in range(cfg["n_splits"]):
+        path = out / f"fold-{k:02d}.json"
+        if not path.exists():
+            todo.append(k)
+            continue
+        check_fold(path, identity_sha256, [files[i] for i in np.flatnonzero(fold_of == k)], afresh)
     if folds_to_run is not None:
         todo = [k for k in todo if k in folds_to_run]
     if not todo:
@@ -313,12 +349,28 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, **para
                            "predict_seconds": res["predict_seconds"],
                            "train_images_per_second": len(train_idx) * cfg["epochs"] / fit_seconds,
                            "fast_path": trainer.fast},
-                "backend": env["backend"], "device": env["device"]}
+                "backend": env["backend"], "device": env["device"], "run_identity_sha256": identity_sha256}
         _atomic_json(out / f"fold-{k:02d}.json", fold)
         record["folds_done"] = sorted(set(record["folds_done"]) | {k})
         _atomic_json(record_path, record)
     bar.close()
     return record
+
+
+def check_fold(path, identity_sha256, test_files, afresh="start the run afresh") -> dict:
+    """Read a finished fold file, refusing one that is damaged or belongs to another run."""
+    path = Path(path)
+    try:
+        fold = json.loads(path.read_text())
+        if not isinstance(fold, dict):
+            raise ValueError
+    except ValueError:
+        raise RunMismatch(f"{path}: not a valid fold record (empty or damaged); delete it to re-run that fold") from None
+    if fold.get("run_identity_sha256") != identity_sha256:
+        raise RunMismatch(f"{path}: made by a run with other parameters, weights or images than run.json; {afresh}")
+    if fold.get("test_file") != list(test_files):
+        raise RunMismatch(f"{path}: its test images differ from this run's fold {fold.get('fold')}; {afresh}")
+    return fold
 
 
 def fit_final(dataset, model_path, progress=True, **params) -> dict:

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Every experiment of the book on the CPU, in priority order, resumable, across sessions:
+# the paper runs, then the audit runs (BatchNorm comparison first), then the final models.
+# Each cross-validation runs through `xray-transfer train` (finished folds are kept), then
+# its training chapter is executed with papermill (it finds every fold done and renders).
+#
+#   scripts/cpu_queue.sh [JOB ...]      # default: all jobs; a job is e.g. paper/vgg19
+#   REPORT=1 scripts/cpu_queue.sh JOB   # train nothing: render the page of a run in progress
+#
+# REPO (default: this checkout) is where artifacts go; with COMMIT=1 every finished fold,
+# page and model record is committed there as it appears (paths given, so other staged
+# work is left alone). Run it from a clean clone so the runs record a clean commit:
+#   git clone . /tmp/runner && REPO=$PWD COMMIT=1 /tmp/runner/scripts/cpu_queue.sh
+set -u
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+REPO=${REPO:-$HERE}
+BIN=${BIN:-$REPO/.venv/bin}
+DATASET=${DATASET:-$REPO/data/dataset}
+export PYTHONPATH="$HERE/lib${PYTHONPATH:+:$PYTHONPATH}" XRAY_WEIGHTS_DIR=${XRAY_WEIGHTS_DIR:-$(cd "$HERE/.." && pwd)/shared/weights}
+export TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
+
+ALL_JOBS="paper/inception_v3 paper/xception paper/vgg19 paper/inception_resnet_v2 paper/mobilenet
+audit/bn-inference-inception_v3 audit/bn-inference-mobilenet audit/grouped-mobilenet audit/grouped-vgg19
+audit/lungs-hidden-mobilenet audit/lungs-hidden-vgg19
+final/vgg19 final/mobilenet final/inception_v3 final/xception final/inception_resnet_v2"
+JOBS=${*:-$ALL_JOBS}
+
+commit() {  # commit these paths in REPO, retrying while another git command holds the index
+  [ "${COMMIT:-0}" = 1 ] || return 0
+  local msg=$1; shift
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    git -C "$REPO" add -- "$@" 2>/dev/null && { git -C "$REPO" diff --cached --quiet -- "$@" \
+      || git -C "$REPO" commit -q -m "$msg" -- "$@"; } && return 0
+    sleep 3
+  done
+  echo "could not commit $*" >&2
+}
+
+cv() {  # cv NAME OUTDIR ARGS...: cross-validate, committing each fold as it lands, then render the page
+  local name=$1 out=$2; shift 2
+  local rel=${out#$REPO/}
+  local n_before t0=$SECONDS
+  if [ "$(ls "$out"/fold-*.json 2>/dev/null | wc -l)" = 10 ] && [ -z "$(find "$out" -name 'fold-*.json' -newer "$out/training.ipynb" 2>/dev/null)" ] \
+     && [ -f "$out/training.ipynb" ]; then echo "$name: done"; return 0; fi
+  mkdir -p "$out"
+  if [ "${REPORT:-0}" = 1 ]; then
+    render "$out" "$@" -p run_folds False && commit "$name (CPU): page of the run in progress" "$rel"; return
+  fi
+  ( while sleep 30; do
+      n=$(ls "$out"/fold-*.json 2>/dev/null | wc -l)
+      if [ "$n" != "${n_before:-}" ]; then commit "$name (CPU): $n of 10 folds" "$rel"; n_before=$n; fi
+    done ) &
+  local watcher=$!
+  "$BIN/xray-transfer" train --dataset "$DATASET" --out "$out" "$@"
+  local rc=$?
+  kill $watcher 2>/dev/null; wait $watcher 2>/dev/null
+  if [ $rc -ne 0 ]; then commit "$name (CPU): folds so far" "$rel"; return $rc; fi
+  render "$out" "$@" || return 1
+  commit "$name complete (CPU, $((SECONDS - t0)) s this session): folds and training chapter" "$rel"
+}
+
+render() {  # render OUTDIR TRAIN_ARGS... [-p name value ...]: execute the training chapter into OUTDIR
+  local out=$1; shift
+  local nb="$HERE/_build/papermill/training-$$-$RANDOM.ipynb"
+  mkdir -p "$HERE/_build/papermill"
+  "$BIN/jupytext" --to ipynb -o "$nb" "$HERE/notebooks/training.md" >/dev/null &&
+  "$BIN/papermill" --cwd "$HERE/notebooks" --no-progress-bar "$nb" "$out/.training.tmp.ipynb" \
+    -p output_dir "$out" -p dataset_dir "$DATASET" $(papermill_args "$@") >/dev/null &&
+  mv "$out/.training.tmp.ipynb" "$out/training.ipynb"
+}
+
+papermill_args() {  # the train flags this queue uses, as the training chapter's parameters
+  local out=""
+  while [ $# -gt 0 ]; do case $1 in
+    --backbone) out+=" -p backbone $2"; shift 2 ;;
+    --group-by-patient) out+=" -p group_by_patient True"; shift ;;
+    --image-mask) out+=" -p image_mask $2"; shift 2 ;;
+    --batchnorm) out+=" -p batchnorm $2"; shift 2 ;;
+    -p) out+=" -p $2 $3"; shift 3 ;;
+    *) shift ;;
+  esac; done
+  echo "$out"
+}
+
+for job in $JOBS; do
+  kind=${job%%/*} name=${job#*/}
+  echo "== $(date -u +%H:%M:%S) $job"
+  case $kind in
+  paper) cv "$name" "$REPO/artifacts/runs/$name" --backbone "$name" ;;
+  audit)
+    case $name in
+    bn-inference-*) cv "$name" "$REPO/artifacts/audit/$name" --backbone "${name#bn-inference-}" --batchnorm inference ;;
+    grouped-*) cv "$name" "$REPO/artifacts/audit/$name" --backbone "${name#grouped-}" --group-by-patient ;;
+    lungs-hidden-*) cv "$name" "$REPO/artifacts/audit/$name" --backbone "${name#lungs-hidden-}" --image-mask lungs_hidden ;;
+    esac ;;
+  final)
+    if "$BIN/python" -c "import json,sys,hashlib; r=json.load(open(sys.argv[1])); \
+sys.exit(r['dataset']['manifest_sha256'] != hashlib.sha256(open(sys.argv[2],'rb').read()).hexdigest())" \
+       "$REPO/artifacts/models/$name.json" "$DATASET/manifest.csv" 2>/dev/null; then echo "$name: done"; continue; fi
+    mkdir -p "$REPO/data/models" "$REPO/artifacts/models"
+    "$BIN/xray-transfer" final --dataset "$DATASET" --backbone "$name" --out "$REPO/data/models/$name.keras" \
+      && cp "$REPO/data/models/$name.json" "$REPO/artifacts/models/$name.json" \
+      && commit "final model $name (CPU): record" "artifacts/models/$name.json" ;;
+  esac || echo "!! $job failed (rc $?)" >&2
+done
