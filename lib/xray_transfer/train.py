@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import (BATCHNORM_MODES, build_model, get_backbone, preprocess_input, resolve_weights,
-                     split_at_cutoff, weights_provenance)
+from .models import (BATCHNORM_MODES, build_model, get_backbone, has_frozen_batchnorm, preprocess_input,
+                     resolve_weights, split_at_cutoff, weights_provenance)
 
 #: The paper's protocol (Section 2.3); unstated choices are marked in DEFAULT_NOTES.
 DEFAULTS = dict(backbone="mobilenet", weights="none", n_splits=10, epochs=10, batch_size=64,
                 learning_rate=1e-4, dropout=0.5, pooling="avg", seed=0, image_size=(200, 266),
-                fast="auto", group_by_patient=False, image_mask="none", batchnorm="batch_statistics")
+                fast="auto", group_by_patient=False, image_mask="none", batchnorm="keras2")
 DEFAULT_NOTES = {
     "learning_rate": "unstated in the paper; 1e-4, a common Adam rate for fine-tuning",
     "dropout": "unstated; 0.5 (Hinton et al. 2012) between the two hidden layers",
@@ -33,8 +33,8 @@ DEFAULT_NOTES = {
     "loss": "unstated; softmax output with categorical cross-entropy",
     "scaling": "unstated; each backbone's own keras.applications preprocess_input",
     "augmentation": "none (discussed in Section 2.2, not stated as used)",
-    "batchnorm": "unstated; BatchNormalization above the cutoff trains with batch statistics, "
-                 "as Keras in TensorFlow 2.1 (early 2020) did for a trainable layer",
+    "batchnorm": "unstated; every BatchNormalization layer, frozen ones included, normalises with "
+                 "batch statistics while training, as Keras 2.3 / TensorFlow 2.1 (early 2020) did",
 }
 
 
@@ -81,7 +81,11 @@ def make_config(**params) -> dict:
     if cfg["image_mask"] not in ("none", "lungs_hidden"):
         raise ValueError(f"image_mask must be 'none' or 'lungs_hidden', got {cfg['image_mask']!r}")
     if cfg["batchnorm"] not in BATCHNORM_MODES:
-        raise ValueError(f"batchnorm must be one of {BATCHNORM_MODES}, got {cfg['batchnorm']!r}")
+        raise ValueError(f"batchnorm must be one of {tuple(BATCHNORM_MODES)}, got {cfg['batchnorm']!r}")
+    if cfg["fast"] is True and cfg["batchnorm"] == "keras2" and has_frozen_batchnorm(cfg["backbone"]):
+        raise ValueError(f"fast=True needs frozen layers whose output does not depend on the batch, but with "
+                         f"batchnorm='keras2' the frozen BatchNormalization layers of {cfg['backbone']} use batch "
+                         "statistics; use fast='auto'")
     cfg["weights"] = resolve_weights(cfg["backbone"], cfg["weights"])
     cfg["seed"] = int(cfg["seed"])
     return cfg
@@ -136,6 +140,9 @@ def use_fast_path(cfg: dict) -> tuple[bool, str]:
     share = spec.cutoff / spec.n_layers
     if cfg["fast"] in (True, False):
         return bool(cfg["fast"]), f"forced by fast={cfg['fast']} ({share:.0%} of base layers frozen)"
+    if cfg.get("batchnorm", "keras2") == "keras2" and has_frozen_batchnorm(cfg["backbone"]):
+        return False, ("the frozen BatchNormalization layers normalise with each batch's statistics "
+                       "(batchnorm='keras2'), so the frozen part's output changes from batch to batch")
     if share >= 0.5:
         return True, f"{share:.0%} of the base's layers are frozen: their outputs are computed once"
     return False, f"only {share:.0%} of the base's layers are frozen: caching would not pay"
