@@ -25,7 +25,7 @@ export TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
 ALL_JOBS="paper/vgg19 paper/mobilenet paper/inception_v3 paper/xception paper/inception_resnet_v2
 audit/bn-batch_statistics-inception_v3 audit/bn-batch_statistics-mobilenet
 audit/bn-inference-inception_v3 audit/bn-inference-mobilenet audit/grouped-mobilenet audit/grouped-vgg19
-audit/lungs-hidden-mobilenet audit/lungs-hidden-vgg19
+audit/lungs-hidden-in-frame-mobilenet audit/lungs-hidden-in-frame-vgg19
 final/vgg19 final/mobilenet final/inception_v3 final/xception final/inception_resnet_v2"
 JOBS=${*:-$ALL_JOBS}
 
@@ -96,7 +96,7 @@ for job in $JOBS; do
     bn-inference-*) cv "$name" "$REPO/artifacts/audit/$name" --backbone "${name#bn-inference-}" --batchnorm inference ;;
     bn-batch_statistics-*) cv "$name" "$REPO/artifacts/audit/$name" --backbone "${name#bn-batch_statistics-}" --batchnorm batch_statistics ;;
     grouped-*) cv "$name" "$REPO/artifacts/audit/$name" --backbone "${name#grouped-}" --group-by-patient ;;
-    lungs-hidden-*) cv "$name" "$REPO/artifacts/audit/$name" --backbone "${name#lungs-hidden-}" --image-mask lungs_hidden ;;
+    lungs-hidden-in-frame-*) cv "$name" "$REPO/artifacts/audit/$name" --backbone "${name#lungs-hidden-in-frame-}" --image-mask lungs_hidden_in_frame ;;
     esac ;;
   final)
     if "$BIN/python" -c "import json,sys,hashlib; r=json.load(open(sys.argv[1])); \

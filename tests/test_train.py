@@ -38,7 +38,7 @@ def test_make_config_fills_in_the_papers_protocol():
     (dict(pooling="sum"), r"pooling must be 'avg', 'max' or 'flatten', got 'sum'"),
     (dict(seed="0"), r"seed must be an integer, got '0'"),
     (dict(fast="yes"), r"fast must be 'auto', True or False, got 'yes'"),
-    (dict(image_mask="lungs"), r"image_mask must be 'none' or 'lungs_hidden', got 'lungs'"),
+    (dict(image_mask="lungs"), r"image_mask must be one of \('none', 'lungs_hidden', 'lungs_hidden_in_frame'\), got 'lungs'"),
     (dict(epoch=3), r"unknown parameter\(s\) \['epoch'\]"),
 ])
 def test_make_config_rejects_bad_values_naming_the_parameter(params, match):
@@ -132,6 +132,28 @@ def test_hide_lungs_keeps_only_the_border():
     assert (out[0, 5:15, 10:30] == 0).all()
     assert (out[0, :5] == 7).all() and (out[0, :, :10] == 7).all()
     assert (img == 7).all()  # input untouched
+
+
+def test_lungs_hidden_in_frame_keeps_the_xrays_own_border_not_the_band():
+    """A square X-ray letterboxed into 266x200: bands left and right stay, its own border stays."""
+    from PIL import Image
+
+    from xray_transfer.preprocess import letterbox, xray_frame
+    xray = np.full((100, 100), 200, dtype=np.uint8)
+    boxed = np.asarray(letterbox(Image.fromarray(xray)))[None]
+    x0, y0, x1, y1 = xray_frame((100, 100))
+    left, right = int(round(x0 * 266)), int(round(x1 * 266))
+    manifest = [{"original_width": 100, "original_height": 100}]
+    framed = train.apply_image_mask(boxed, "lungs_hidden_in_frame", manifest)[0]
+    whole = train.apply_image_mask(boxed, "lungs_hidden", manifest)[0]
+    kept_x = (framed[100] > 100).any(axis=-1)  # middle row: which columns still show X-ray
+    assert kept_x[left + 2:left + 25].all() and kept_x[right - 25:right - 2].all()
+    assert not kept_x[left + 40:right - 40].any()
+    assert not (framed[:, :left - 3] > 20).any()  # the band stays black (but for resampling ringing)
+    # the whole-image border at 15 % of 266 px lands inside the band here: little X-ray kept
+    assert (whole[100] > 100).any(axis=-1).sum() < kept_x.sum()
+    with pytest.raises(ValueError, match="needs original_width"):
+        train.apply_image_mask(boxed, "lungs_hidden_in_frame", [{}])
 
 
 # ---------------------------------------------------------------- cross-validation

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--limit", type=int, default=None, help="stratified subset of this many images")
     t.add_argument("--group-by-patient", action="store_true")
-    t.add_argument("--image-mask", default="none", choices=["none", "lungs_hidden"])
+    t.add_argument("--image-mask", default="none", choices=["none", "lungs_hidden", "lungs_hidden_in_frame"])
     t.add_argument("--fast", default="auto", choices=["auto", "on", "off"])
     t.add_argument("--image-size", type=int, nargs=2, default=[200, 266], metavar=("HEIGHT", "WIDTH"))
 
