@@ -137,13 +137,29 @@ def test_unfinished_run_is_listed_but_gives_no_numbers(synthetic_runs):
     make_run(synthetic_runs, "xception", FOLDS, n_splits=10)  # 2 of 10 folds
     runs = R.load_runs(synthetic_runs)
     t2, t3 = R.table2(runs).set_index("backbone"), R.table3(runs).set_index("backbone")
-    assert t2.loc["xception", "status"] == "incomplete (2 of 10 folds)"
+    assert t2.loc["xception", "status"] == R.NOT_COMPLETE and R.status(runs["xception"]) == "incomplete (2 of 10 folds)"
     assert math.isnan(t2.loc["xception", "sensitivity_ours"]) and pd.isna(t3.loc["xception", "TP_ours"])
     assert "xception" not in R.confusions(runs)
     shown = R.table2_display(R.table2(runs), runs)
     assert "Xception: ImageNet, partial: block14 trained from scratch (2 of 10 folds)" in set(
         shown["Network: initialisation"])
     assert "2 of 10 folds" in R.headline(R.table2(runs), runs)
+
+
+def test_csv_files_change_only_when_a_run_completes(synthetic_runs, tmp_path):
+    make_run(synthetic_runs, "xception", FOLDS[:1], n_splits=3)
+    before = R.render(R.load_runs(synthetic_runs))
+    readme_before = R.readme_block(R.load_runs(synthetic_runs))
+    fold = json.loads((synthetic_runs / "xception" / "fold-00.json").read_text())
+    (synthetic_runs / "xception" / "fold-01.json").write_text(json.dumps({**fold, "fold": 1}))
+    record = json.loads((synthetic_runs / "xception" / "run.json").read_text())
+    record["environment"]["git"]["commit"] = "def5678"  # the runner re-renders from a newer commit
+    (synthetic_runs / "xception" / "run.json").write_text(json.dumps(record))
+    assert R.render(R.load_runs(synthetic_runs)) == before  # 2 of 3 folds: nothing moves
+    assert R.readme_block(R.load_runs(synthetic_runs)) == readme_before
+    (synthetic_runs / "xception" / "fold-02.json").write_text(json.dumps({**fold, "fold": 2}))
+    after = R.render(R.load_runs(synthetic_runs))  # complete: Table 2 and 3 now hold it
+    assert after["table2.csv"] != before["table2.csv"] and "def5678" in after["table2.csv"]
 
 
 def test_tables_refuse_runs_of_different_datasets(synthetic_runs):

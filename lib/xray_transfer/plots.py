@@ -116,7 +116,8 @@ def plot_forest(t2, runs=None, width=7.4):
                 ax.plot(r[f"{key}_paper"], yi, marker="x", color="black", ms=7, mew=1.6, ls="none", zorder=3)
                 if np.isnan(r[f"{key}_ours"]):
                     run = (runs or {}).get(r["backbone"])
-                    done = f"{len(run['folds'])} of {run['record']['params']['n_splits']} folds" if run else "not run"
+                    done = (f"{len(run['folds'])} of {run['record']['params']['n_splits']} folds" if run
+                            else "no complete run yet" if runs is None else "not run")
                     ax.text(50, yi + 0.28, done, ha="center", va="center", fontsize=9, color="0.35")
                     continue
                 kind = init_kind(r["initialisation"])

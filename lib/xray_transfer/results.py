@@ -39,6 +39,7 @@ METRIC_NAMES = {"accuracy_2class": "2-class accuracy", "accuracy_3class": "3-cla
 ASTERISK_NOTE = ("* marked by the authors: high specificity that is not acceptable in real life, "
                  "because of the class imbalance (the network rarely predicts COVID-19)")
 NOT_RUN = "not run"
+NOT_COMPLETE = "not complete"
 #: Float format of the CSV files: fixed decimals keep --write byte-stable.
 FLOAT_FORMAT = "%.4f"
 TABLE_FILES = ("table1.csv", "table2.csv", "table3.csv")
@@ -95,6 +96,15 @@ def status(run) -> str:
     if done < n:
         return f"incomplete ({done} of {n} folds)"
     return "full protocol" if rec.get("full_protocol") else "reduced settings"
+
+
+def table_status(run) -> str:
+    """The status the tables and CSV files record: :func:`status` for a complete run,
+    'not complete' for one still running (its folds done are left out, so that the
+    files change only when a run completes), 'not run' without a folder."""
+    if run is None:
+        return NOT_RUN
+    return status(run) if is_complete(run) else NOT_COMPLETE
 
 
 def is_complete(run) -> bool:
@@ -192,7 +202,7 @@ def classifier(hidden) -> str:
 
 
 def _provenance(run) -> dict:
-    if run is None:
+    if not is_complete(run):
         return {"commit": "", "manifest_sha256": ""}
     return {"commit": commit(run["record"]), "manifest_sha256": manifest(run["record"])}
 
@@ -210,7 +220,7 @@ def table1(runs) -> pd.DataFrame:
     for spec in TABLE1:
         run = runs.get(spec.key)
         two = len(spec.hidden) == 2
-        row = {"backbone": spec.key, "network": spec.name, "status": status(run),
+        row = {"backbone": spec.key, "network": spec.name, "status": table_status(run),
                "weights_paper": "ImageNet", "weights_ours": "",
                "cutoff_paper": spec.cutoff, "cutoff_ours": pd.NA,
                "classifier_paper": classifier(spec.hidden), "classifier_ours": "",
@@ -252,7 +262,7 @@ def table2(runs, check=True) -> pd.DataFrame:
     rows = []
     for spec in TABLE1:
         run = runs.get(spec.key)
-        row = {"backbone": spec.key, "network": spec.name, "status": status(run),
+        row = {"backbone": spec.key, "network": spec.name, "status": table_status(run),
                "initialisation": initialisation(run), "n_images": pd.NA, "n_folds": pd.NA}
         m = pooled(run["folds"]) if is_complete(run) else None
         if m is not None:
@@ -283,7 +293,7 @@ def table3(runs) -> pd.DataFrame:
     rows = []
     for spec in TABLE1:
         run = runs.get(spec.key)
-        row = {"backbone": spec.key, "network": spec.name, "status": status(run),
+        row = {"backbone": spec.key, "network": spec.name, "status": table_status(run),
                "initialisation": initialisation(run)}
         m = pooled(run["folds"]) if is_complete(run) else None
         pub = paper.TABLE3.get(spec.key)
@@ -500,11 +510,14 @@ def largest_gaps(t2: pd.DataFrame, n=3) -> list[tuple]:
     return sorted(gaps, key=lambda g: -abs(g[4]))[:n]
 
 
-def headline(t2: pd.DataFrame, runs) -> str:
+def headline(t2: pd.DataFrame, runs, folds=True) -> str:
     """Sentences that state what the tables show, generated from their numbers: how many
-    runs are complete, and the largest differences from the paper first."""
+    runs are complete, and the largest differences from the paper first. ``folds=False``
+    leaves out the folds done of unfinished runs (for files that change only when a run
+    completes)."""
     done = [r["network"] for _, r in t2.iterrows() if not pd.isna(r["accuracy_3class_ours"])]
-    pending = [f"{get_backbone(k).name} ({folds_label(r)})" for k, r in runs.items() if not is_complete(r)]
+    pending = [get_backbone(k).name + (f" ({folds_label(r)})" if folds else "")
+               for k, r in runs.items() if not is_complete(r)]
     missing = [s.name for s in TABLE1 if s.key not in runs]
     out = [f"{len(done)} of {len(TABLE1)} backbones have a complete re-run"
            + (f" ({listing(done)})." if done else ".")]
@@ -638,7 +651,8 @@ def readme_block(runs) -> str:
     table = glance_display(t2)
     head = "| " + " | ".join(table.columns) + " |\n| " + " | ".join("---" for _ in table.columns) + " |\n"
     body = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in table.values.tolist())
-    return (f"{README_START}\n![Results at a glance](book/images/at_a_glance.png)\n\n{headline(t2, runs)}\n\n"
+    return (f"{README_START}\n![Results at a glance](book/images/at_a_glance.png)\n\n"
+            f"{headline(t2, runs, folds=False)}\n\n"
             f"{head}{body}\nPercent; ours pooled over the ten held-out folds of each complete run, "
             f"{DASH} where a run is not complete. Generated from `artifacts/runs` by `make results`.\n{README_END}")
 
@@ -669,7 +683,7 @@ def write_glance(runs_root="artifacts/runs", path="book/images/at_a_glance.png")
     from .plots import plot_forest
 
     runs = load_runs(runs_root)
-    fig = plot_forest(table2(runs), runs)
+    fig = plot_forest(table2(runs))  # no folds-done labels: the file changes only when a run completes
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
