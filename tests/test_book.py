@@ -188,7 +188,7 @@ def test_landing_page_shows_the_glance_figure_table_and_caveats(book):
     index = HTML / "book" / "intro.html"
     page = parse(index.read_text())
     assert any(src.endswith("at_a_glance.png") for src in page.images), "the landing page lacks the figure"
-    assert any("Network" in t and "ours / paper" in t for t in page.tables), "the landing page lacks the table"
+    assert any("Network" in t and "Sensitivity (%)" in t for t in page.tables), "the landing page lacks the table"
     text = index.read_text()
     assert "The main caveats" in text and text.count('class="reference internal"') >= 5
     assert "![Results at a glance](book/images/at_a_glance.png)" in (REPO / "README.md").read_text()
@@ -269,6 +269,10 @@ EXCUSED = {
         "committed executed notebook of the earlier runs: it needs data and models that are not here, so its "
         "tables cannot be given captions until the audit is re-made"),
 }
+EXCUSED["artifacts/dataset/dataset.html"] = (
+    {"caption"},
+    "committed executed dataset chapter: re-executing it needs the X-rays; notebooks/dataset.md must give its "
+    "tables numbered captions (e.g. results.md_table through {glue:md}) before it is re-made")
 #: Generated tables that cannot carry a caption: myst-nb's execution-statistics table.
 UNCAPTIONED_CLASSES = ("nb-exec-table",)
 
@@ -315,7 +319,8 @@ def built_pages():
     skip = {"genindex.html", "search.html"}
     return [p for p in sorted(HTML.rglob("*.html"))
             if "_static" not in p.relative_to(HTML).parts and p.name not in skip and not p.name.startswith("_")
-            and ".xray-check." not in p.name and "_sources" not in p.relative_to(HTML).parts]
+            and ".xray-check." not in p.name and "_sources" not in p.relative_to(HTML).parts
+            and 'http-equiv="Refresh"' not in p.read_text(errors="replace")[:2000]]  # the root redirect
 
 
 def page_report(chromium, tmp_path, page: Path) -> dict:
@@ -337,15 +342,45 @@ def page_report(chromium, tmp_path, page: Path) -> dict:
     return json.loads(html_lib.unescape(m.group(1)))
 
 
+def code_cells(nb) -> list[str]:
+    """The code of a notebook's cells, without papermill's injected parameters."""
+    return [c.source.strip() for c in nb.cells if c.cell_type == "code"
+            and "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+
+
+def stale_training_pages() -> list[str]:
+    """Committed training pages executed from another version of notebooks/training.md."""
+    import jupytext
+    import nbformat
+
+    chapter = code_cells(jupytext.read(REPO / "notebooks" / "training.md"))
+    return [str(p.relative_to(REPO)) for p in sorted((REPO / "artifacts" / "runs").glob("*/training.ipynb"))
+            if code_cells(nbformat.read(p, as_version=4)) != chapter]
+
+
+def test_training_pages_rendered_from_the_current_chapter():
+    """The training pages show what notebooks/training.md shows today (titles, captioned
+    tables, hidden parameters): each was executed from its current code."""
+    stale = stale_training_pages()
+    assert not stale, ("executed from an older notebooks/training.md; re-render them (run_folds False), e.g. "
+                       "REPORT=1 scripts/cpu_queue.sh paper/<backbone>: " + ", ".join(stale))
+
+
 def test_every_page_reads_well_in_a_browser(book, chromium, tmp_path):
     """Every page of the built book, in headless Chromium: nothing wider than the article
     column, no table cell cut with '...' or showing NaN/None, every table captioned
-    "Table n.m", no raw LaTeX in the text, and no two pages with the same title."""
+    "Table n.m", no raw LaTeX in the text, and no two pages with the same title.
+
+    Training pages executed from an older training chapter are left to
+    test_training_pages_rendered_from_the_current_chapter, which fails for them."""
     pages = built_pages()
     assert RESULTS_PAGE in pages and len(pages) >= 10
+    stale = {str(Path(p).with_suffix(".html")) for p in stale_training_pages()}
     problems, titles = [], {}
     for page in pages:
         rel = page.relative_to(HTML).as_posix()
+        if rel in stale:
+            continue
         excused = EXCUSED.get(rel, (set(), ""))[0]
         r = page_report(chromium, tmp_path, page)
         titles.setdefault(r["title"], []).append(rel)

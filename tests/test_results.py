@@ -190,8 +190,9 @@ def test_comparison_only_for_backbones_complete_in_both(synthetic_runs, tmp_path
     assert m["initialisation_now"] == "ImageNet, partial: conv_pw_13 trained from scratch"
     assert m["sensitivity_earlier"] == 0 and m["sensitivity_now"] == pytest.approx(100 * 2 / 3)
     assert m["sensitivity_change_pp"] == pytest.approx(100 * 2 / 3)
-    shown = R.comparison_display(cmp.reset_index())
-    assert shown.iloc[0]["Sensitivity (%)"] == "0.0 \u2192 66.7 (+66.7)"
+    inits, moved = R.comparison_display(cmp.reset_index())
+    assert moved.iloc[0]["Sensitivity (%)"] == "0.0 \u2192 66.7 (+66.7)"
+    assert inits.iloc[0]["Earlier initialisation"] == "random"
 
 
 def test_roc_auc_and_interval_hand_checked(tmp_path):
@@ -223,6 +224,7 @@ def test_md_table_is_a_numbered_table_without_missing_values():
     assert text.startswith(":::{list-table} A caption.\n:name: tbl-x\n:header-rows: 1")
     assert "  - 97.8" in text and "nan" not in text.lower() and "None" not in text
     assert text.count("* - ") == 3 and "\u2013" in text and "- means missing." in text
+    assert R.md_table(pd.DataFrame({"a": [""]}), "c", "tbl-y").count("\u00a0") == 1  # blank, not missing
 
 
 def test_run_folder_without_folds_is_not_run(synthetic_runs):
@@ -265,7 +267,7 @@ def test_display_tables_mark_not_run(synthetic_runs):
     assert mobilenet.loc["2-class accuracy", "Difference (pp)"] == "\u221222.4"
     d1 = R.table1_display(R.table1(runs))
     row = d1[(d1["Source"] == "ours")].iloc[0]
-    assert row["VGG19"] == "ImageNet (8-bit, complete)" and row["Xception"] == ""
+    assert row["VGG19"] == "ImageNet (8-bit, complete)" and row["Xception"] == R.DASH
     d3 = R.table3_display(R.table3(runs))
     assert d3.iloc[2]["TP"] == "2" and d3.iloc[7]["TP"] == R.DASH  # mobilenet ours; inception v3 paper
     for df in (d2, d3, R.glance_display(R.table2(runs))):

@@ -30,7 +30,7 @@ def plot_learning_curves(folds, metric="accuracy"):
     """Training and held-out-fold curves of every fold, one panel per metric."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.0), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(7.4, 3.0), sharex=True)
     for ax, m in zip(axes, ("loss", metric)):
         for f in folds:
             h = f["history"]
@@ -42,7 +42,7 @@ def plot_learning_curves(folds, metric="accuracy"):
         ax.set_xlabel("epoch")
         ax.set_ylabel(m)
         ax.grid(alpha=0.3)
-    axes[0].legend(frameon=False, fontsize=8)
+    axes[0].legend(frameon=False, fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -60,7 +60,7 @@ def plot_fold_scores(runs, metric="accuracy_3class", ax=None, reference=None, re
     rng = np.random.default_rng(0)
     for x, (name, summary) in enumerate(runs.items()):
         if summary is None:
-            ax.text(x, 50, "not run", ha="center", va="center", fontsize=8, color="grey", rotation=90)
+            ax.text(x, 50, "not run", ha="center", va="center", fontsize=9, color="grey", rotation=90)
             continue
         per_fold = 100 * np.asarray(summary["per_fold"][metric], dtype=float)
         ax.scatter(x + rng.uniform(-0.12, 0.12, len(per_fold)), per_fold, s=14, alpha=0.6, color="tab:blue")
@@ -68,8 +68,8 @@ def plot_fold_scores(runs, metric="accuracy_3class", ax=None, reference=None, re
     if reference is not None:
         ax.axhline(reference, ls="--", color="tab:red", lw=1, label=reference_label)
         if reference_label:
-            ax.legend(frameon=False, fontsize=8, loc="lower left")
-    ax.set_xticks(range(len(runs)), list(runs), rotation=rotation, ha="right" if rotation else "center", fontsize=8)
+            ax.legend(frameon=False, fontsize=9, loc="lower left")
+    ax.set_xticks(range(len(runs)), list(runs), rotation=rotation, ha="right" if rotation else "center", fontsize=9)
     names = {"accuracy_3class": "3-class accuracy", "accuracy_2class": "2-class accuracy"}
     ax.set_ylabel(f"{names.get(metric, metric)} (%)")
     ax.set_ylim(0, 101)

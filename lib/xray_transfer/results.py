@@ -19,6 +19,7 @@ import argparse
 import io
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -401,14 +402,29 @@ def pct(value, sign=False) -> str:
     return text.replace("-", "\u2212")
 
 
-def short_hash(sha, n=10) -> str:
-    """A long hash shortened for a table cell: '5b30327…'."""
-    return f"{sha[:n]}\u2026" if sha else DASH
+def short_hash(sha, n=12) -> str:
+    """A long hash shortened for a table cell, as git shortens commits: its first ``n`` characters.
+
+    >>> short_hash("5b3032734b2c671a168233ff664d1646dd8e42324e9dbffe5b8bfc0b9ed0f971")
+    '5b3032734b2c'
+    """
+    return sha[:n] if sha else DASH
+
+
+def breakable(name: str) -> str:
+    """A long file name that a table cell may wrap after '_' and '.' (HTML ``<wbr>``).
+
+    >>> breakable("a_b.h5")
+    'a_<wbr>b.<wbr>h5'
+    """
+    return re.sub(r"([_.])", r"\1<wbr>", name)
 
 
 def _cell(value) -> str:
-    text = DASH if value is None or (not isinstance(value, str) and pd.isna(value)) or value == "" else str(value)
-    return text.replace("\n", " ")
+    """A table cell: a dash for a missing value, a blank for an empty string (a grouped row)."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return DASH
+    return (str(value) or "\u00a0").replace("\n", " ")
 
 
 def md_table(df: pd.DataFrame, caption: str, name: str, notes=(), widths=None) -> str:
@@ -434,11 +450,11 @@ def md_table(df: pd.DataFrame, caption: str, name: str, notes=(), widths=None) -
 
 
 def glance_display(t2: pd.DataFrame) -> pd.DataFrame:
-    """The five-row table at a glance: per network its initialisation, folds and
-    'ours / paper' for the four metrics (percent)."""
+    """The five-row table at a glance: per network its initialisation and 'ours / paper'
+    for the four metrics (percent; the paper's as printed)."""
     out = pd.DataFrame({"Network": t2["network"], "Initialisation": t2["initialisation"].replace("", NOT_RUN)})
     for k in METRICS:
-        out[f"{METRIC_NAMES[k].capitalize()}, ours / paper"] = [
+        out[f"{METRIC_NAMES[k].capitalize()} (%)"] = [
             f"{pct(r[f'{k}_ours'])} / {r[f'{k}_paper']:.2f}" for _, r in t2.iterrows()]
     return out
 
@@ -466,7 +482,8 @@ def table2_display(t2: pd.DataFrame, runs=None) -> pd.DataFrame:
 
 
 def table1_display(t1: pd.DataFrame) -> pd.DataFrame:
-    """Table 1 for reading: one row per setting (paper, then ours), one column per network."""
+    """Table 1 for reading: one row per setting (paper, then ours), one column per network;
+    a dash where a backbone has no run."""
     settings = [("weights", "Initial weights"), ("cutoff", "Layer cutoff"), ("classifier", "Classifier"),
                 ("dropout", "Dropout"), ("optimizer", "Optimizer"), ("learning_rate", "Learning rate"),
                 ("epochs", "Epochs"), ("batch_size", "Batch size"), ("input_size", "Input size (HxW)"),
@@ -475,7 +492,8 @@ def table1_display(t1: pd.DataFrame) -> pd.DataFrame:
     for key, label in settings:
         for who in ("paper", "ours"):
             rows.append({"Setting": label if who == "paper" else "", "Source": who,
-                         **{n: "" if pd.isna(v) else str(v) for n, v in zip(t1["network"], t1[f"{key}_{who}"])}})
+                         **{n: DASH if pd.isna(v) or v == "" else str(v)
+                            for n, v in zip(t1["network"], t1[f"{key}_{who}"])}})
     return pd.DataFrame(rows)
 
 
@@ -490,17 +508,17 @@ def table3_display(t3: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def comparison_display(cmp: pd.DataFrame) -> pd.DataFrame:
-    """How each row moved: 'earlier → now (change)' per metric, with both initialisations."""
-    out = pd.DataFrame({"Network": cmp["network"],
-                        "Initialisation, earlier \u2192 now": [f"{a} \u2192 {b}" for a, b in
-                                                              zip(cmp["initialisation_earlier"],
-                                                                  cmp["initialisation_now"])]})
+def comparison_display(cmp: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """How each row moved, as two tables that fit a column: the initialisation of each
+    generation, and 'earlier → now (change)' per metric."""
+    inits = pd.DataFrame({"Network": cmp["network"], "Earlier initialisation": cmp["initialisation_earlier"],
+                          "Current initialisation": cmp["initialisation_now"]})
+    moved = pd.DataFrame({"Network": cmp["network"]})
     for k in METRICS:
-        out[f"{METRIC_NAMES[k].capitalize()} (%)"] = [
+        moved[f"{METRIC_NAMES[k].capitalize()} (%)"] = [
             f"{pct(r[f'{k}_earlier'])} \u2192 {pct(r[f'{k}_now'])} ({pct(r[f'{k}_change_pp'], sign=True)})"
             for _, r in cmp.iterrows()]
-    return out
+    return inits, moved
 
 
 def largest_gaps(t2: pd.DataFrame, n=3) -> list[tuple]:
@@ -653,7 +671,7 @@ def readme_block(runs) -> str:
     body = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in table.values.tolist())
     return (f"{README_START}\n![Results at a glance](book/images/at_a_glance.png)\n\n"
             f"{headline(t2, runs, folds=False)}\n\n"
-            f"{head}{body}\nPercent; ours pooled over the ten held-out folds of each complete run, "
+            f"{head}{body}\nOurs / the paper's value, in percent; ours pooled over the ten held-out folds of each complete run, "
             f"{DASH} where a run is not complete. Generated from `artifacts/runs` by `make results`.\n{README_END}")
 
 
