@@ -285,10 +285,10 @@ CHECK_SCRIPT = """
     if (!art) { out.error = "no article element"; }
     else {
       var width = art.clientWidth;
-      if (art.scrollWidth > width + 1) out.wide.push("article scrolls: " + art.scrollWidth + " > " + width);
+      if (art.scrollWidth > width + 2) out.wide.push("article scrolls: " + art.scrollWidth + " > " + width);
       art.querySelectorAll("table, img, svg, figure, .cell_output, .output, p, pre, .math").forEach(function (el) {
         var w = el.getBoundingClientRect().width;
-        if (w > width + 1 && !el.closest("svg svg"))
+        if (w > width + 2 && !el.closest("svg svg"))
           out.wide.push(el.tagName.toLowerCase() + "." + (el.className.baseVal !== undefined ? el.className.baseVal : el.className)
                         + " " + Math.round(w) + " px > " + width + " px: " + (el.innerText || "").slice(0, 80));
       });
