@@ -171,6 +171,18 @@ def test_execute_runs_the_chapter_with_papermill_types(tmp_path, capsys):
     assert "(6, '7')" in out.cells[-1].outputs[0]["text"]
 
 
+def test_execute_reports_a_failing_cell_in_one_message(tmp_path, capsys):
+    nb = _notebook(tmp_path / "chapter.ipynb")
+    content = nbformat.read(nb, as_version=4)
+    content.cells.append(nbformat.v4.new_code_cell("raise ValueError('x.csv: damaged; rebuild it')"))
+    nbformat.write(content, nb)
+    status, _, err = run(capsys, "execute", nb, tmp_path / "out.ipynb")
+    err = err[err.index("xray-transfer execute:"):]  # after papermill's progress bar
+    assert_refused(status, err, "raised ValueError: x.csv: damaged; rebuild it",
+                   f"the executed notebook {tmp_path / 'out.ipynb'} shows the traceback")
+    assert (tmp_path / "out.ipynb").exists()
+
+
 @pytest.mark.skipif(not (REPO / ".venv/bin/xray-transfer").exists(), reason="needs `make setup`")
 def test_make_run_stops_on_a_misspelt_parameter_before_running(tmp_path):
     res = subprocess.run(["make", "-s", "-o", ".venv/.installed", "run", "CH=training", f"OUT={tmp_path}/run",
