@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weights", default="offline",
                    help="'offline' (the registered ImageNet file in $XRAY_WEIGHTS_DIR, default ../shared/weights), "
                         "'imagenet' (Keras download), 'none' (random) or a .weights.h5 path")
-    t.add_argument("--batchnorm", default="batch_statistics", choices=["batch_statistics", "inference"])
+    t.add_argument("--batchnorm", default="keras2", choices=["keras2", "batch_statistics", "inference"])
     t.add_argument("--n-splits", type=int, default=10)
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=64)
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--limit", type=int, default=None, help="stratified subset of this many images")
     t.add_argument("--group-by-patient", action="store_true")
-    t.add_argument("--image-mask", default="none", choices=["none", "lungs_hidden"])
+    t.add_argument("--image-mask", default="none", choices=["none", "lungs_hidden", "lungs_hidden_in_frame"])
     t.add_argument("--fast", default="auto", choices=["auto", "on", "off"])
     t.add_argument("--image-size", type=int, nargs=2, default=[200, 266], metavar=("HEIGHT", "WIDTH"))
 
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--dataset", default="data/dataset")
     f.add_argument("--backbone", required=True)
     f.add_argument("--weights", default="offline", help="as for train")
-    f.add_argument("--batchnorm", default="batch_statistics", choices=["batch_statistics", "inference"])
+    f.add_argument("--batchnorm", default="keras2", choices=["keras2", "batch_statistics", "inference"])
     f.add_argument("--out", default=None, help="model file (default data/models/<backbone>.keras)")
     f.add_argument("--epochs", type=int, default=10)
 

@@ -124,6 +124,19 @@ def letterbox_box(image_size, size=OUTPUT_SIZE) -> tuple[int, int, int, int]:
     return canvas_w, canvas_h, (canvas_w - w) // 2, (canvas_h - h) // 2
 
 
+def xray_frame(image_size, size=OUTPUT_SIZE) -> tuple[float, float, float, float]:
+    """Where the X-ray itself lies in its letterboxed output, as fractions ``(x0, y0, x1, y1)``.
+
+    Everything outside this box is the black band added by :func:`letterbox`.
+
+    >>> [round(v, 3) for v in xray_frame((100, 100))]  # square X-ray, 266x200: bands left and right
+    [0.12, 0.0, 0.872, 1.0]
+    """
+    w, h = image_size
+    canvas_w, canvas_h, left, top = letterbox_box(image_size, size)
+    return (left / canvas_w, top / canvas_h, (left + w) / canvas_w, (top + h) / canvas_h)
+
+
 def stretch_paper_literal(im: Image.Image, size=OUTPUT_SIZE, ratio=1.5) -> Image.Image:
     """The paper's text taken literally: pad on black to width:height = ``ratio``, then resize.
 
