@@ -290,7 +290,17 @@ def build_model(backbone: str, input_shape=(200, 266, 3), weights="none", poolin
                 "to train from a random initialisation (the book then labels the backbone).") from None
         raise
     if keras_weights is None and weights not in (None, "none"):
-        base.load_weights(str(weights))
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:  # shown below unless the load fails
+            try:
+                base.load_weights(str(weights))
+            except Exception as err:  # h5py or Keras: garbage file, or another architecture's weights
+                first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+                raise WeightsUnavailable(f"{weights}: not weights of the {spec.application} base "
+                                         f"(include_top=False) that Keras can load ({first}); pass that "
+                                         "backbone's .weights.h5, weights='offline' or weights='none'") from None
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if len(base.layers) != spec.n_layers:
         raise RuntimeError(f"{spec.application} has {len(base.layers)} layers in this Keras, Table 1 assumes "
                            f"{spec.n_layers}; the cutoff {spec.cutoff} would not mean the paper's layer")

@@ -34,7 +34,8 @@ def read_image(path) -> Image.Image:
     Raises
     ------
     ImageReadError
-        If the file is missing, empty, truncated or not an image.
+        If the file is missing, empty, truncated, not an image, or larger than
+        Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS`` times two).
     """
     path = Path(path)
     if not path.is_file():
@@ -45,6 +46,9 @@ def read_image(path) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             return to_rgb(im)
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(f"{path}: image too large to read safely ({err}); downscale it (the dataset "
+                             "uses 266x200) or remove it") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not a readable image (unknown format); re-download it or remove it") from None
     except (OSError, SyntaxError) as err:
