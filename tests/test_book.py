@@ -295,7 +295,7 @@ CHECK_SCRIPT = """
       art.querySelectorAll("table").forEach(function (t) {
         t.querySelectorAll("td, th").forEach(function (c) {
           var s = c.innerText.trim();
-          if (/(\\.\\.\\.|\\u2026)$/.test(s) || /\\b(NaN|nan|None)\\b/.test(s)) out.cells.push(s.slice(0, 80));
+          if (/(\\.\\.\\.|\\u2026)$/.test(s) || /^(NaN|nan|None|<NA>|NaT)$/.test(s)) out.cells.push(s.slice(0, 80));
         });
         var cap = t.caption ? t.caption.innerText.trim() : "";
         var exempt = %(uncaptioned)s.some(function (k) { return t.closest("." + k); });
