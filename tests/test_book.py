@@ -269,10 +269,6 @@ EXCUSED = {
         "committed executed notebook of the earlier runs: it needs data and models that are not here, so its "
         "tables cannot be given captions until the audit is re-made"),
 }
-EXCUSED["artifacts/dataset/dataset.html"] = (
-    {"caption"},
-    "committed executed dataset chapter: re-executing it needs the X-rays; notebooks/dataset.md must give its "
-    "tables numbered captions (e.g. results.md_table through {glue:md}) before it is re-made")
 #: Generated tables that cannot carry a caption: myst-nb's execution-statistics table.
 UNCAPTIONED_CLASSES = ("nb-exec-table",)
 
