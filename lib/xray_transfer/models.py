@@ -136,7 +136,7 @@ def init_label(weights: dict) -> str:
         if w.get("sha256") == reg.sha256:
             return reg.label
     if w.get("missing_tensors"):
-        return f"ImageNet, partial: {len(w['missing_tensors'])} tensors trained from scratch ({w.get('file')})"
+        return f"ImageNet, partial: {len(w['missing_tensors'])} tensors trained from scratch (unregistered file)"
     return f"weights file {w.get('file')} (not registered)"
 
 
