@@ -17,7 +17,9 @@ epoch of the second fold), and each path's time for the whole protocol (``n_spli
 folds of ``protocol_epochs`` epochs): set-up, the first fold, and ``n_splits - 1`` times
 the second fold, each fold lengthened to ``protocol_epochs`` at its measured seconds per
 later epoch (evaluation included); then their ratios. Weight values do not change speed,
-so both paths start from random weights. The record has the same fields on every device
+so both paths start from random weights. Run it in a process of its own without JAX's
+persistent compilation cache (``gpu_plan`` does), so that plain ``model.fit`` compiles as in
+anyone's script. The record has the same fields on every device
 (:data:`PATH_FIELDS`, :data:`ROW_FIELDS`).
 """
 from __future__ import annotations
@@ -160,6 +162,7 @@ def run_benchmark(dataset, output_dir, backbones=None, epochs=2, limit=None, pro
     result = {"environment": environment(), "n_images": len(ds), "epochs": epochs, "image_size": list(image_size),
               "fold": f"folds 1 and 2 of {n_splits}", "n_splits": n_splits, "protocol_epochs": protocol_epochs,
               "manifest_sha256": ds.manifest_sha256, "weights": "none (speed does not depend on values)",
+              "persistent_compilation_cache": os.environ.get("JAX_COMPILATION_CACHE_DIR"),
               "paths": {"plain": "per fold: build, compile, model.fit on the raw images, evaluate, predict",
                         "fast": "our Trainer: one model reset per fold, frozen outputs cached where the "
                                 "cutoff is deep"},

@@ -65,6 +65,9 @@ def main(argv=None) -> int:
     b.add_argument("--backbones", nargs="+", default=None)
     b.add_argument("--epochs", type=int, default=2)
     b.add_argument("--limit", type=int, default=None)
+    b.add_argument("--n-splits", type=int, default=10, help="folds of the protocol the times are for")
+    b.add_argument("--protocol-epochs", type=int, default=10, help="epochs of the protocol the times are for")
+    b.add_argument("--image-size", type=int, nargs=2, default=[200, 266], metavar=("HEIGHT", "WIDTH"))
 
     args = p.parse_args(argv)
     if args.cmd == "assemble":
@@ -102,8 +105,8 @@ def main(argv=None) -> int:
             print(f"{res['skipped']} unreadable file(s) skipped; see the 'error' column of {args.out}", file=sys.stderr)
     elif args.cmd == "benchmark":
         from .benchmark import run_benchmark
-        run_benchmark(args.dataset, args.out, backbones=args.backbones, epochs=args.epochs,
-                      limit=args.limit)
+        run_benchmark(args.dataset, args.out, backbones=args.backbones, epochs=args.epochs, limit=args.limit,
+                      n_splits=args.n_splits, protocol_epochs=args.protocol_epochs, image_size=tuple(args.image_size))
     return 0
 
 

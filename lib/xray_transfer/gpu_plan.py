@@ -5,7 +5,8 @@ models), then the benchmark. One process runs them all, so the dataset is read o
 the fast path's frozen outputs are computed once per backbone, weights, image size and
 pixels, then shared by every run that has the same frozen part. With JAX's persistent
 compilation cache (``scripts/gpu_run.sh`` sets it), a call after the first compiles
-nothing it compiled before. A job whose offline weights file is not on this machine is
+nothing it compiled before (the benchmark runs in a process of its own, without that
+cache, so that its plain path compiles as anyone's would). A job whose offline weights file is not on this machine is
 skipped with a note (a later call that brings the file runs it); every run resumes from its
 finished folds, so a call can be repeated until all is done.
 
@@ -34,7 +35,7 @@ JOBS = ("paper/inception_v3", "paper/xception", "paper/vgg19", "paper/inception_
         "bench/all")
 #: Reduced settings that check the plan itself in a minute or two (``--smoke``).
 SMOKE = dict(limit=60, n_splits=2, epochs=1, image_size=(75, 100))
-#: The benchmark's settings; with ``--smoke`` only VGG19, with the smoke settings.
+#: The benchmark's settings (the whole dataset); with ``--smoke`` VGG19 alone, with the smoke settings.
 BENCH = dict(epochs=2)
 
 
@@ -74,12 +75,30 @@ def _weights_missing(backbone: str) -> str | None:
     return None
 
 
+def _benchmark(dataset_path, out, smoke) -> dict:
+    """The benchmark in a fresh process without JAX's persistent compilation cache: plain
+    ``model.fit`` compiles as it would in anyone's script, and neither path reuses the plan's programs."""
+    import os
+    import subprocess
+
+    args = ["--epochs", str(BENCH["epochs"])]
+    if smoke:
+        args = ["--epochs", "1", "--backbones", "vgg19", "--limit", str(SMOKE["limit"]),
+                "--n-splits", str(SMOKE["n_splits"]), "--image-size", *map(str, SMOKE["image_size"])]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")
+           and not k.startswith("JAX_PERSISTENT_CACHE")}
+    proc = subprocess.run([sys.executable, "-m", "xray_transfer.cli", "benchmark", "--dataset", str(dataset_path),
+                           "--out", str(out), *args], env=env)
+    if proc.returncode:
+        raise RuntimeError(f"the benchmark stopped (exit status {proc.returncode}); its output is above")
+    return json.loads((Path(out) / "benchmark.json").read_text())
+
+
 def run_plan(dataset_path, out_root, jobs=JOBS, smoke=False, progress=False, log=print) -> list[dict]:
     """Run ``jobs`` in order into ``out_root``; return one record per job (also in ``plan-log.jsonl``).
 
     A job that fails is recorded and the plan goes on with the next one.
     """
-    from .benchmark import run_benchmark
     from .data import load_dataset
     from .provenance import environment
     from .train import cross_validate, fit_final
@@ -118,9 +137,7 @@ def run_plan(dataset_path, out_root, jobs=JOBS, smoke=False, progress=False, log
                     shutil.copyfile(out_root / "keras" / f"{key}.json", record)
                     entry["status"] = f"model sha256 {rec['model_sha256'][:12]}"
             else:
-                bench = (dict(BENCH, backbones=["vgg19"], limit=SMOKE["limit"], n_splits=SMOKE["n_splits"],
-                              image_size=SMOKE["image_size"]) if smoke else dict(BENCH))
-                res = run_benchmark(dataset_path, out_root / spec["out"], **bench)
+                res = _benchmark(dataset_path, out_root / spec["out"], smoke)
                 entry["status"] = "speed-ups " + ", ".join(
                     f"{k} x{r['protocol_speedup']:.1f}" for k, r in res["backbones"].items())
         except Exception as err:  # one job's failure must not cost the others their device time
