@@ -43,12 +43,13 @@ pack: $(STAMP)  ## pack the dataset cache into data/dataset.npz (to carry to a G
 
 # Execute a chapter with papermill: make run CH=dataset, or
 # make run CH=training OUT=artifacts/runs/vgg19 ARGS="-p backbone vgg19"
+# (`xray-transfer execute` runs papermill after refusing a parameter the chapter lacks, e.g. -p epoch 1)
 CH ?= training
 OUT ?= artifacts/$(CH)
 run: $(STAMP)  ## execute notebooks/$(CH).md with papermill into $(OUT)/$(CH).ipynb
 	mkdir -p $(OUT) _build/papermill
 	$(BIN)/jupytext --to ipynb -o _build/papermill/$(CH).ipynb notebooks/$(CH).md
-	$(BIN)/papermill --cwd notebooks _build/papermill/$(CH).ipynb $(OUT)/$(CH).ipynb -p output_dir $(abspath $(OUT)) $(ARGS)
+	$(BIN)/xray-transfer execute --cwd notebooks _build/papermill/$(CH).ipynb $(OUT)/$(CH).ipynb -p output_dir $(abspath $(OUT)) $(ARGS)
 
 # Initial weights: "offline" takes the ImageNet file registered per backbone in
 # lib/xray_transfer/models.py (OFFLINE_WEIGHTS) from $(WEIGHTS_DIR), or random where none
@@ -84,13 +85,17 @@ final-%: $(STAMP)  ## e.g. make final-mobilenet: train on all images, save data/
 
 final-models: $(addprefix final-,$(FINAL_BACKBONES))  ## the models the audit chapter uses
 
-# The audit's cross-validation runs, through the training chapter (finished folds are kept).
-AUDIT_RUNS := grouped-mobilenet grouped-vgg19 lungs-hidden-mobilenet lungs-hidden-vgg19
-audit-runs: $(addprefix audit-run-,$(AUDIT_RUNS))  ## patient-grouped folds and lungs hidden, MobileNet and VGG19
-audit-run-grouped-%: $(STAMP)
-	$(MAKE) run CH=training OUT=artifacts/audit/grouped-$* ARGS="-p backbone $* -p weights $(WEIGHTS) -p group_by_patient True"
-audit-run-lungs-hidden-%: $(STAMP)
-	$(MAKE) run CH=training OUT=artifacts/audit/lungs-hidden-$* ARGS="-p backbone $* -p weights $(WEIGHTS) -p image_mask lungs_hidden"
+# The audit's cross-validation runs (scripts/cpu_queue.sh names them; finished folds are kept):
+# BatchNorm modes beside Table 2's keras2 default, patient-grouped folds, lungs hidden in frame.
+AUDIT_JOBS := bn-batch_statistics-mobilenet bn-batch_statistics-inception_v3 bn-inference-mobilenet \
+	bn-inference-inception_v3 grouped-mobilenet grouped-vgg19 lungs-hidden-in-frame-mobilenet lungs-hidden-in-frame-vgg19
+audit-runs: $(STAMP)  ## all the audit's cross-validation runs (hours on a CPU)
+	scripts/cpu_queue.sh $(addprefix audit/,$(AUDIT_JOBS))
+audit-run-%: $(STAMP)  ## e.g. make audit-run-grouped-vgg19: one audit run
+	scripts/cpu_queue.sh audit/$*
+
+cpu-queue: $(STAMP)  ## every experiment of the book on the CPU, in priority order (resumes; many hours)
+	scripts/cpu_queue.sh
 
 audit: $(STAMP)  ## execute the audit chapter (needs the data, the audit runs and final models)
 	$(MAKE) run CH=audit OUT=artifacts/audit

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Every experiment of the book on the CPU, in priority order, resumable, across sessions:
 # the paper runs, then the audit runs (BatchNorm comparison first), then the final models.
+# The paper runs use batchnorm=keras2 (the default, the paper's most likely behaviour): only
+# VGG19, which has no BatchNormalization, can use the cached fast path, so on 2 CPU cores the
+# others take hours each; a GPU session runs scripts/gpu_run.sh instead.
 # Each cross-validation runs through `xray-transfer train` (finished folds are kept), then
 # its training chapter is executed with papermill (it finds every fold done and renders).
 #
@@ -19,9 +22,10 @@ DATASET=${DATASET:-$REPO/data/dataset}
 export PYTHONPATH="$HERE/lib${PYTHONPATH:+:$PYTHONPATH}" XRAY_WEIGHTS_DIR=${XRAY_WEIGHTS_DIR:-$(cd "$HERE/.." && pwd)/shared/weights}
 export TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
 
-ALL_JOBS="paper/inception_v3 paper/xception paper/vgg19 paper/inception_resnet_v2 paper/mobilenet
+ALL_JOBS="paper/vgg19 paper/mobilenet paper/inception_v3 paper/xception paper/inception_resnet_v2
+audit/bn-batch_statistics-inception_v3 audit/bn-batch_statistics-mobilenet
 audit/bn-inference-inception_v3 audit/bn-inference-mobilenet audit/grouped-mobilenet audit/grouped-vgg19
-audit/lungs-hidden-mobilenet audit/lungs-hidden-vgg19
+audit/lungs-hidden-in-frame-mobilenet audit/lungs-hidden-in-frame-vgg19
 final/vgg19 final/mobilenet final/inception_v3 final/xception final/inception_resnet_v2"
 JOBS=${*:-$ALL_JOBS}
 
@@ -90,8 +94,9 @@ for job in $JOBS; do
   audit)
     case $name in
     bn-inference-*) cv "$name" "$REPO/artifacts/audit/$name" --backbone "${name#bn-inference-}" --batchnorm inference ;;
+    bn-batch_statistics-*) cv "$name" "$REPO/artifacts/audit/$name" --backbone "${name#bn-batch_statistics-}" --batchnorm batch_statistics ;;
     grouped-*) cv "$name" "$REPO/artifacts/audit/$name" --backbone "${name#grouped-}" --group-by-patient ;;
-    lungs-hidden-*) cv "$name" "$REPO/artifacts/audit/$name" --backbone "${name#lungs-hidden-}" --image-mask lungs_hidden ;;
+    lungs-hidden-in-frame-*) cv "$name" "$REPO/artifacts/audit/$name" --backbone "${name#lungs-hidden-in-frame-}" --image-mask lungs_hidden_in_frame ;;
     esac ;;
   final)
     if "$BIN/python" -c "import json,sys,hashlib; r=json.load(open(sys.argv[1])); \

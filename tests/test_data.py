@@ -21,7 +21,7 @@ def build(cxr_dir, out_dir, **kw):
 
 def leftovers(folder):
     """Temporary or backup folders an interrupted assemble could leave next to the cache."""
-    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or p.name.endswith(".old"))
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old" in p.name)
 
 
 # ---- which images are eligible ----
@@ -277,3 +277,137 @@ def test_load_dataset_limit_keeps_a_stratified_subset(cxr_dir, tmp_path):
 def test_load_dataset_without_manifest_says_how_to_build(tmp_path):
     with pytest.raises(DataLayoutError, match="make dataset"):
         load_dataset(tmp_path / "nothing")
+
+
+# ---- hostile input (issue 13): refused with a message naming the file, or skipped and listed ----
+
+def _rewrite_metadata(path, change):
+    import csv
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    rows = change(rows)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_output_equal_to_inside_or_around_the_data_folder_is_refused(cxr_dir, tmp_path):
+    from xray_transfer.safety import Refused
+    before = sorted(p.relative_to(cxr_dir) for p in cxr_dir.rglob("*"))
+    for out, where in [(cxr_dir, "is the data folder"), (cxr_dir / "kermany" / "ds", "is inside the data folder"),
+                       (tmp_path, "contains the data folder")]:
+        with pytest.raises(Refused, match=where):
+            build(cxr_dir, out)
+    assert sorted(p.relative_to(cxr_dir) for p in cxr_dir.rglob("*")) == before
+
+
+def test_a_folder_we_did_not_write_is_never_replaced(cxr_dir, tmp_path):
+    from xray_transfer.safety import Refused
+    theirs = tmp_path / "models"
+    theirs.mkdir()
+    (theirs / "best.keras").write_bytes(b"someone's model")
+    (theirs / "dataset.json").write_text('{"name": "a dataset.json of another tool"}')
+    with pytest.raises(Refused, match=r"models: not empty \(best.keras, dataset.json\).*choose a new or empty folder"):
+        build(cxr_dir, theirs)
+    assert (theirs / "best.keras").read_bytes() == b"someone's model"
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(Refused, match="not a folder"):
+        build(cxr_dir, tmp_path / "afile")
+    (tmp_path / "empty").mkdir()
+    assert build(cxr_dir, tmp_path / "empty")["counts"] == SMALL  # empty: fine
+    assert build(cxr_dir, tmp_path / "empty")["counts"] == SMALL  # ours: replaced
+
+
+def test_rebuilding_leaves_a_neighbour_named_like_the_backup_alone(cxr_dir, tmp_path):
+    build(cxr_dir, tmp_path / "ds")
+    (tmp_path / "ds.old").mkdir()
+    (tmp_path / "ds.old" / "keep.txt").write_text("mine")
+    build(cxr_dir, tmp_path / "ds")
+    assert (tmp_path / "ds.old" / "keep.txt").read_text() == "mine"
+
+
+def test_a_class_with_no_image_is_refused_even_with_allow_shortfall(cxr_dir, tmp_path):
+    for source in ("cohen", "figure1"):
+        _rewrite_metadata(cxr_dir / source / "metadata.csv",
+                          lambda rows: [{**r, "finding": "SARS"} for r in rows])
+    with pytest.raises(DataLayoutError, match="list no frontal COVID-19"):
+        build(cxr_dir, tmp_path / "ds", allow_shortfall=True)
+    assert not (tmp_path / "ds").exists()
+
+
+def test_a_class_whose_images_are_all_unreadable_is_refused_in_skip_mode(cxr_dir, tmp_path):
+    for p in (cxr_dir / "kermany/NORMAL").iterdir():
+        p.write_bytes(b"")
+    with pytest.raises(ValueError, match="no readable normal image"):
+        build(cxr_dir, tmp_path / "ds", on_error="skip", allow_shortfall=True)
+
+
+def test_duplicated_metadata_row_is_refused_naming_file_and_lines(cxr_dir, tmp_path):
+    _rewrite_metadata(cxr_dir / "cohen/metadata.csv", lambda rows: rows + [rows[2]])
+    with pytest.raises(DataLayoutError, match=r"cohen/metadata.csv: lines 4 and 10 both list covid2.png"):
+        build(cxr_dir, tmp_path / "ds")
+
+
+def test_duplicate_image_by_pixels_is_refused_or_skipped_and_listed(cxr_dir, tmp_path):
+    import shutil
+    src = cxr_dir / "kermany/NORMAL/IM-0002-0001.jpeg"
+    shutil.copy(src, cxr_dir / "kermany/NORMAL/IM-0100-0001.jpeg")
+    counts = {**SMALL, "normal": 7}  # every normal, so both copies are drawn
+    with pytest.raises(ValueError, match=r"IM-0[01]0[02]-0001.jpeg: same image as .*IM-0[01]0[02]-0001.jpeg"):
+        build(cxr_dir, tmp_path / "ds", counts=counts)
+    info = build(cxr_dir, tmp_path / "ds", counts=counts, on_error="skip", allow_shortfall=True)
+    assert len(info["skipped"]) == 1 and "same image as" in info["skipped"][0]
+    assert info["counts"]["normal"] == 6 and info["shortfall"] == {"normal": 1}
+    pixels = [r["pixels_sha256"] for r in read_manifest(tmp_path / "ds")]
+    assert len(set(pixels)) == len(pixels)
+
+
+def test_two_sources_with_one_stem_are_refused(cxr_dir, tmp_path):
+    Image.new("L", (90, 80), 30).save(cxr_dir / "cohen/images/covid0.jpg")
+    _rewrite_metadata(cxr_dir / "cohen/metadata.csv",
+                      lambda rows: rows + [{**rows[0], "patientid": "7", "filename": "covid0.jpg"}])
+    with pytest.raises(DataLayoutError, match=r"cohen/images/covid0.png and cohen/images/covid0.jpg would both "
+                                              r"become covid/cohen__covid0.png"):
+        build(cxr_dir, tmp_path / "ds")
+
+
+def test_kermany_extensions_match_regardless_of_case(cxr_dir):
+    (cxr_dir / "kermany/NORMAL/IM-0000-0001.jpeg").rename(cxr_dir / "kermany/NORMAL/IM-0000-0001.JPEG")
+    (cxr_dir / "kermany/PNEUMONIA/person0_bacteria_10.jpeg").rename(
+        cxr_dir / "kermany/PNEUMONIA/person0_bacteria_10.JPEG")
+    cands = find_candidates(cxr_dir)
+    assert len(cands["normal"]) == 6 and len(cands["pneumonia"]) == 6
+    assert "kermany/NORMAL/IM-0000-0001.JPEG" in {c.original_path for c in cands["normal"]}
+
+
+def test_metadata_in_another_encoding_is_refused_naming_the_file(cxr_dir, tmp_path):
+    meta = cxr_dir / "cohen/metadata.csv"
+    meta.write_bytes(meta.read_text(encoding="utf-8").encode("utf-16"))
+    with pytest.raises(DataLayoutError, match=r"cohen/metadata.csv: not UTF-8 text .*save it as UTF-8"):
+        build(cxr_dir, tmp_path / "ds")
+
+
+def test_metadata_without_patientid_is_refused_naming_file_and_column(cxr_dir, tmp_path):
+    _rewrite_metadata(cxr_dir / "figure1/metadata.csv",
+                      lambda rows: [{k: v for k, v in r.items() if k != "patientid"} for r in rows])
+    with pytest.raises(DataLayoutError, match=r"figure1/metadata.csv: no column 'patientid'"):
+        build(cxr_dir, tmp_path / "ds")
+
+
+def test_oversized_image_is_refused_by_name_or_skipped_and_listed(cxr_dir, tmp_path, monkeypatch):
+    victim = _first_drawn_normal(cxr_dir)
+    Image.new("L", (500, 400), 60).save(victim)  # 200 000 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50_000)  # Pillow refuses above twice this
+    with pytest.raises(ImageReadError, match=f"{victim.name}: image too large"):
+        build(cxr_dir, tmp_path / "ds")
+    info = build(cxr_dir, tmp_path / "ds", on_error="skip")
+    assert info["counts"] == SMALL and len(info["skipped"]) == 1
+    assert victim.name in info["skipped"][0] and "too large" in info["skipped"][0]
+
+
+def test_a_damaged_pack_is_refused_naming_it(tmp_path):
+    bad = tmp_path / "dataset.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(DataLayoutError, match=r"dataset.npz: not a dataset pack .*make pack"):
+        load_dataset(bad)

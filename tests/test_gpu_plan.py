@@ -27,8 +27,10 @@ def test_jobs_are_the_cpu_queues_in_the_same_order_then_the_benchmark():
     ("paper/vgg19", {"kind": "cv", "out": "runs/vgg19", "params": {"backbone": "vgg19"}}),
     ("audit/bn-inference-inception_v3", {"kind": "cv", "out": "audit/bn-inference-inception_v3",
                                          "params": {"backbone": "inception_v3", "batchnorm": "inference"}}),
-    ("audit/lungs-hidden-mobilenet", {"kind": "cv", "out": "audit/lungs-hidden-mobilenet",
-                                      "params": {"backbone": "mobilenet", "image_mask": "lungs_hidden"}}),
+    ("audit/bn-batch_statistics-mobilenet", {"kind": "cv", "out": "audit/bn-batch_statistics-mobilenet",
+                                             "params": {"backbone": "mobilenet", "batchnorm": "batch_statistics"}}),
+    ("audit/lungs-hidden-in-frame-mobilenet", {"kind": "cv", "out": "audit/lungs-hidden-in-frame-mobilenet",
+                                               "params": {"backbone": "mobilenet", "image_mask": "lungs_hidden_in_frame"}}),
     ("final/xception", {"kind": "final", "out": "models/xception.json", "params": {"backbone": "xception"}}),
 ])
 def test_job_spec_matches_the_cpu_queues_flags(job, spec):

@@ -285,3 +285,20 @@ def test_preprocess_input_uses_each_backbones_scaling():
     vgg = models.preprocess_input("vgg19", img)  # 'caffe': BGR, ImageNet means subtracted
     np.testing.assert_allclose(vgg[0, 0, 0], [255 - 103.939, 128 - 116.779, 0 - 123.68], atol=1e-4)
     assert img[0, 0, 0].tolist() == [0, 128, 255]  # input untouched
+
+
+@pytest.mark.parametrize("key", sorted(models.OFFLINE_WEIGHTS))
+def test_offline_weights_first_layer_filters_are_smooth_like_trained_ones(key):
+    """Trained first-layer filters vary smoothly across neighbouring taps (edges, colour blobs);
+    freshly initialised ones are independent draws. The check needs no image and no label."""
+    def neighbour_corr(model):
+        conv = next(layer for layer in model.layers if layer.get_weights() and layer.get_weights()[0].ndim == 4)
+        k = conv.get_weights()[0]  # (kh, kw, in, out)
+        a, b = k[:, :-1].ravel(), k[:, 1:].ravel()  # horizontally adjacent taps
+        return np.corrcoef(a, b)[0, 1]
+
+    shape = (75, 100, 3)
+    loaded = models.build_model(key, input_shape=shape, weights=models.resolve_weights(key, "offline", SHARED_WEIGHTS))
+    random = models.build_model(key, input_shape=shape, weights="none")
+    assert neighbour_corr(loaded) > 0.3
+    assert abs(neighbour_corr(random)) < 0.15

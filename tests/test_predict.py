@@ -45,7 +45,9 @@ def _folder(tmp_path):
     Image.new("L", (200, 200), 128).save(good, quality=95)
     (d / "truncated.jpg").write_bytes(good.read_bytes()[:300])
     good.unlink()
-    (d / "readme.txt").write_text("ignored: not an image suffix")
+    (d / "readme.txt").write_text("not an image suffix")
+    (d / "scan.dcm").write_bytes(b"DICM")
+    (d / "sub" / "noext").write_bytes((d / "a.png").read_bytes())
     return d
 
 
@@ -54,7 +56,7 @@ def test_predict_folder_writes_probabilities_and_lists_skipped_files(tiny_model,
     d = _folder(tmp_path)
     out = tmp_path / "pred.csv"
     res = predict.predict_folder(path, d, out)
-    assert res == {"images": 6, "predicted": 3, "skipped": 3, "calls": res["calls"]}
+    assert res == {"images": 9, "predicted": 3, "skipped": 6, "calls": res["calls"]}
     rows = list(csv.DictReader(open(out)))
     assert [r["file"] for r in rows] == sorted(r["file"] for r in rows)
     ok = [r for r in rows if not r["error"]]
@@ -63,9 +65,11 @@ def test_predict_folder_writes_probabilities_and_lists_skipped_files(tiny_model,
         p = [float(r[f"p_{c}"]) for c in CLASSES]
         assert abs(sum(p) - 1) < 1e-4 and r["predicted"] == CLASSES[int(np.argmax(p))]
     bad = {r["file"]: r["error"] for r in rows if r["error"]}
-    assert set(bad) == {"empty.jpeg", "notes.jpg", "truncated.jpg"}
+    assert set(bad) == {"empty.jpeg", "notes.jpg", "truncated.jpg", "readme.txt", "scan.dcm", "sub/noext"}
     assert "empty" in bad["empty.jpeg"] and "not a readable image" in bad["notes.jpg"]
     assert "damaged" in bad["truncated.jpg"]
+    assert "DICOM is not read" in bad["scan.dcm"] and "no file extension" in bad["sub/noext"]
+    assert "not an image type" in bad["readme.txt"]
 
 
 def test_predict_folder_strict_stops_at_bad_file_and_writes_nothing(tiny_model, tmp_path):
@@ -92,6 +96,54 @@ def test_predict_folder_errors_on_missing_or_empty_folder(tiny_model, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no image files"):
         predict.predict_folder(path, tmp_path / "empty", tmp_path / "o.csv")
+
+
+class _NaNModel:
+    def predict(self, x, **kw):
+        return np.full((len(x), 3), np.nan)
+
+
+def test_a_nan_prediction_is_an_error_never_a_class(tiny_model, tmp_path, monkeypatch):
+    path, record = tiny_model
+    monkeypatch.setattr(predict, "load_trained", lambda p: (_NaNModel(), record))
+    out = tmp_path / "pred.csv"
+    with pytest.raises(predict.PredictionError, match=r"NaN or infinite probabilities for 3 image\(s\) \(a.png"):
+        predict.predict_folder(path, _folder(tmp_path), out)
+    assert not out.exists()
+
+
+def test_output_is_checked_before_any_work(tiny_model, tmp_path, monkeypatch):
+    from xray_transfer.safety import Refused
+
+    def must_not_load(_):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    path, _ = tiny_model
+    d = _folder(tmp_path)
+    monkeypatch.setattr(predict, "load_trained", must_not_load)
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "notes.csv").write_text("my,own\nnotes,here\n")
+    for out, message in [(tmp_path / "a_file" / "pred.csv", "cannot write here"),
+                         (tmp_path / "sub", "is a folder"),
+                         (d / "pred.csv", "inside the folder of images"),
+                         (tmp_path / "notes.csv", "not a prediction CSV")]:
+        with pytest.raises(Refused, match=message):
+            predict.predict_folder(path, d, out)
+    assert (tmp_path / "notes.csv").read_text() == "my,own\nnotes,here\n"
+
+
+def test_unloadable_model_or_record_names_the_file(tiny_model, tmp_path):
+    from xray_transfer.data import sha256_file
+    _, record = tiny_model
+    garbage = tmp_path / "garbage.keras"
+    garbage.write_bytes(b"PK not really a zip")
+    garbage.with_suffix(".json").write_text(json.dumps({**record, "model_sha256": sha256_file(garbage)}))
+    with pytest.raises(predict.ModelLoadError, match=r"garbage.keras: Keras cannot load this model"):
+        predict.load_trained(garbage)
+    garbage.with_suffix(".json").write_text("{")
+    with pytest.raises(predict.ModelLoadError, match=r"garbage.json: not a model record"):
+        predict.load_trained(garbage)
 
 
 def test_patient_overlap_flags_only_patients_split_across_folds():

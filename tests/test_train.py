@@ -31,14 +31,14 @@ def test_make_config_fills_in_the_papers_protocol():
     (dict(learning_rate="1e-4"), r"learning_rate must be a finite number"),
     (dict(learning_rate=float("inf")), r"learning_rate must be a finite number in \(0, 1\], got inf"),
     (dict(learning_rate=float("nan")), r"learning_rate must be a finite number in \(0, 1\], got nan"),
-    (dict(batchnorm="train"), r"batchnorm must be one of \('batch_statistics', 'inference'\), got 'train'"),
+    (dict(batchnorm="train"), r"batchnorm must be one of \('keras2', 'batch_statistics', 'inference'\), got 'train'"),
     (dict(image_size=(16, 266)), r"image_size must be \(height, width\), each at least 32"),
     (dict(image_size=(200, 266, 3)), r"image_size must be \(height, width\)"),
     (dict(dropout=1.0), r"dropout must be a number in \[0, 1\), got 1.0"),
     (dict(pooling="sum"), r"pooling must be 'avg', 'max' or 'flatten', got 'sum'"),
     (dict(seed="0"), r"seed must be an integer, got '0'"),
     (dict(fast="yes"), r"fast must be 'auto', True or False, got 'yes'"),
-    (dict(image_mask="lungs"), r"image_mask must be 'none' or 'lungs_hidden', got 'lungs'"),
+    (dict(image_mask="lungs"), r"image_mask must be one of \('none', 'lungs_hidden', 'lungs_hidden_in_frame'\), got 'lungs'"),
     (dict(epoch=3), r"unknown parameter\(s\) \['epoch'\]"),
 ])
 def test_make_config_rejects_bad_values_naming_the_parameter(params, match):
@@ -107,13 +107,22 @@ def test_make_folds_by_patient_keeps_each_patient_in_one_fold():
 @pytest.mark.parametrize("backbone, fast", [("mobilenet", False), ("vgg19", True), ("inception_v3", True),
                                             ("xception", True), ("inception_resnet_v2", True)])
 def test_use_fast_path_auto_caches_only_deep_cutoffs(backbone, fast):
-    used, reason = train.use_fast_path(train.make_config(backbone=backbone))
+    used, reason = train.use_fast_path(train.make_config(backbone=backbone, batchnorm="batch_statistics"))
     assert used is fast
     assert "frozen" in reason
 
 
+@pytest.mark.parametrize("backbone", ["mobilenet", "inception_v3", "xception", "inception_resnet_v2"])
+def test_keras2_batchnorm_rules_out_the_fast_path_where_frozen_layers_normalise(backbone):
+    used, reason = train.use_fast_path(train.make_config(backbone=backbone))  # keras2 is the default
+    assert used is False and "batch's statistics" in reason
+    assert train.use_fast_path(train.make_config(backbone="vgg19"))[0] is True  # VGG19 has no BatchNorm
+    with pytest.raises(ValueError, match="fast=True needs frozen layers"):
+        train.make_config(backbone=backbone, fast=True)
+
+
 def test_use_fast_path_can_be_forced():
-    assert train.use_fast_path(train.make_config(backbone="mobilenet", fast=True))[0] is True
+    assert train.use_fast_path(train.make_config(backbone="mobilenet", fast=True, batchnorm="inference"))[0] is True
     assert train.use_fast_path(train.make_config(backbone="vgg19", fast=False))[0] is False
 
 
@@ -123,6 +132,28 @@ def test_hide_lungs_keeps_only_the_border():
     assert (out[0, 5:15, 10:30] == 0).all()
     assert (out[0, :5] == 7).all() and (out[0, :, :10] == 7).all()
     assert (img == 7).all()  # input untouched
+
+
+def test_lungs_hidden_in_frame_keeps_the_xrays_own_border_not_the_band():
+    """A square X-ray letterboxed into 266x200: bands left and right stay, its own border stays."""
+    from PIL import Image
+
+    from xray_transfer.preprocess import letterbox, xray_frame
+    xray = np.full((100, 100), 200, dtype=np.uint8)
+    boxed = np.asarray(letterbox(Image.fromarray(xray)))[None]
+    x0, y0, x1, y1 = xray_frame((100, 100))
+    left, right = int(round(x0 * 266)), int(round(x1 * 266))
+    manifest = [{"original_width": 100, "original_height": 100}]
+    framed = train.apply_image_mask(boxed, "lungs_hidden_in_frame", manifest)[0]
+    whole = train.apply_image_mask(boxed, "lungs_hidden", manifest)[0]
+    kept_x = (framed[100] > 100).any(axis=-1)  # middle row: which columns still show X-ray
+    assert kept_x[left + 2:left + 25].all() and kept_x[right - 25:right - 2].all()
+    assert not kept_x[left + 40:right - 40].any()
+    assert not (framed[:, :left - 3] > 20).any()  # the band stays black (but for resampling ringing)
+    # the whole-image border at 15 % of 266 px lands inside the band here: little X-ray kept
+    assert (whole[100] > 100).any(axis=-1).sum() < kept_x.sum()
+    with pytest.raises(ValueError, match="needs original_width"):
+        train.apply_image_mask(boxed, "lungs_hidden_in_frame", [{}])
 
 
 # ---------------------------------------------------------------- cross-validation
@@ -281,7 +312,7 @@ def test_fast_path_predicts_what_plain_training_predicts(backbone):
     probs = {}
     for fast in (True, False):
         cfg = train.make_config(backbone=backbone, n_splits=2, epochs=1, batch_size=8,
-                                image_size=(75, 100), fast=fast, seed=0)
+                                image_size=(75, 100), fast=fast, seed=0, batchnorm="batch_statistics")
         trainer = train.Trainer(cfg, ds.images)
         assert trainer.fast is fast
         res = trainer.fit_fold(train_idx, test_idx, ds.labels, fold_seed=7)
@@ -360,20 +391,54 @@ def test_diverging_training_stops_with_an_error_not_a_class(dataset, tmp_path, m
 # ---------------------------------------------------------------- BatchNorm mode
 
 
-def test_batchnorm_inference_mode_keeps_imagenet_statistics_while_fine_tuning(dataset):
+def bn_layers(model, start=0, stop=None):
     import keras
+    return [layer for layer in model.layers[start:stop] if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def test_batchnorm_inference_mode_keeps_imagenet_statistics_while_fine_tuning(dataset):
     cfg = train.make_config(**{**RUN, "batchnorm": "inference"})
     trainer = train.Trainer(cfg, dataset.images)
-    bns = [layer for layer in trainer.model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    bns = bn_layers(trainer.model)
     assert bns and not any(bn.trainable for bn in bns)
     before = [bn.moving_mean.numpy().copy() for bn in bns]
     idx = np.arange(len(dataset))
     trainer.fit_fold(idx[:16], idx[16:], dataset.labels, fold_seed=0)
     assert all(np.array_equal(b, bn.moving_mean.numpy()) for b, bn in zip(before, bns))
-    default = train.Trainer(train.make_config(**RUN), dataset.images)
-    above = [layer for layer in default.model.layers[models.get_backbone("mobilenet").cutoff:]
-             if isinstance(layer, keras.layers.BatchNormalization)]
-    before = [bn.moving_mean.numpy().copy() for bn in above]
-    default.fit_fold(idx[:16], idx[16:], dataset.labels, fold_seed=0)
-    assert all(bn.trainable for bn in above)
-    assert any(not np.array_equal(b, bn.moving_mean.numpy()) for b, bn in zip(before, above))
+
+
+@pytest.mark.parametrize("mode", ["keras2", "batch_statistics"])
+def test_batchnorm_above_the_cutoff_trains_and_updates_in_both_keras_modes(dataset, mode):
+    trainer = train.Trainer(train.make_config(**{**RUN, "batchnorm": mode}), dataset.images)
+    cutoff = models.get_backbone("mobilenet").cutoff
+    above, below = bn_layers(trainer.model, cutoff), bn_layers(trainer.model, 0, cutoff)
+    before = [bn.moving_mean.numpy().copy() for bn in above + below]
+    idx = np.arange(len(dataset))
+    trainer.fit_fold(idx[:16], idx[16:], dataset.labels, fold_seed=0)
+    after = [bn.moving_mean.numpy() for bn in above + below]
+    assert all(bn.trainable for bn in above) and below and not any(bn.trainable for bn in below)
+    assert any(not np.array_equal(b, a) for b, a in zip(before[:len(above)], after[:len(above)]))
+    # frozen layers keep their moving averages in both modes
+    assert all(np.array_equal(b, a) for b, a in zip(before[len(above):], after[len(above):]))
+
+
+def test_keras2_mode_frozen_batchnorm_uses_batch_statistics_only_while_training():
+    """Keras 2.3 / TF 2.1: a frozen BatchNormalization layer normalises with the batch in training."""
+    import keras
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(16, 40, 53, 3)).astype("float32")
+    outs = {}
+    for mode in ("keras2", "batch_statistics"):
+        model = models.build_model("mobilenet", input_shape=(40, 53, 3), batchnorm=mode, seed=0)
+        bn = bn_layers(model, 0, models.get_backbone("mobilenet").cutoff)[0]
+        probe = keras.Model(model.input, bn.output)
+        outs[mode] = (keras.ops.convert_to_numpy(probe(x, training=True)),
+                      keras.ops.convert_to_numpy(probe(x, training=False)))
+        assert bn.__class__ is keras.layers.BatchNormalization  # saved models load as plain Keras
+    train_k2, infer_k2 = outs["keras2"]
+    train_k3, infer_k3 = outs["batch_statistics"]
+    np.testing.assert_allclose(infer_k2, infer_k3, atol=1e-5)  # inference: the same moving averages
+    np.testing.assert_allclose(train_k3, infer_k3, atol=1e-5)  # Keras 3: frozen = inference mode
+    # keras2: per channel, zero mean and unit variance over the batch (gamma 1, beta 0 at random init)
+    np.testing.assert_allclose(train_k2.mean(axis=(0, 1, 2)), 0, atol=1e-3)
+    np.testing.assert_allclose(train_k2.std(axis=(0, 1, 2)), 1, atol=1e-2)
+    assert np.abs(train_k2 - infer_k2).max() > 0.1

@@ -86,3 +86,53 @@ def calls_with_batch_statistics(model, x, batch_size=64, seed=0) -> np.ndarray:
         for layer, rate in zip(dropouts, rates):
             layer.rate = rate
     return calls
+
+
+def run_summary(run_dir) -> dict:
+    """A cross-validation run as the audit reads it.
+
+    Returns ``{"status", "pooled", "record", "folds"}``: ``status`` in words ("complete",
+    "3 of 10 folds", "not run"), ``pooled`` the pooled metrics (:func:`metrics.pooled`)
+    only when every fold is done, else None, so that an unfinished run never reaches a table.
+    """
+    import json
+
+    from .metrics import pooled
+    from .train import load_folds
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").is_file():
+        return {"status": "not run", "pooled": None, "record": None, "folds": []}
+    record = json.loads((run_dir / "run.json").read_text())
+    folds = load_folds(run_dir)
+    n = record["params"]["n_splits"]
+    done = len(folds) == n
+    return {"status": "complete" if done else f"{len(folds)} of {n} folds", "record": record, "folds": folds,
+            "pooled": pooled(folds) if done else None}
+
+
+#: Metrics the audit tables show, with their headers.
+SCORES = {"accuracy_3class": "3-class accuracy (%)", "accuracy_2class": "2-class accuracy (%)",
+          "sensitivity": "COVID-19 sensitivity (%)", "specificity": "COVID-19 specificity (%)"}
+
+
+def scores_table(runs: dict, manifest_sha256=None):
+    """One row per named run folder: status and the pooled metrics in percent (one decimal).
+
+    Unfinished or absent runs show their status and a dash. With ``manifest_sha256``, a run
+    made on another dataset is refused: a table never mixes datasets.
+    """
+    import pandas as pd
+
+    rows = {}
+    for name, run_dir in runs.items():
+        s = run_summary(run_dir)
+        made_on = (s["record"] or {}).get("dataset", {}).get("manifest_sha256")
+        if manifest_sha256 and made_on and made_on != manifest_sha256:
+            raise ValueError(f"{run_dir}: made on dataset {made_on[:12]}…, not {manifest_sha256[:12]}…; "
+                             "re-run it on the current dataset before comparing")
+        row = {"status": s["status"]}
+        for key, header in SCORES.items():
+            row[header] = f"{100 * s['pooled'][key]:.1f}" if s["pooled"] else "—"
+        rows[name] = row
+    return pd.DataFrame(rows).T

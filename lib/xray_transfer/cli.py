@@ -1,20 +1,33 @@
-"""Command line: ``xray-transfer assemble|pack|train|benchmark|predict`` (see ``--help``).
+"""Command line: ``xray-transfer assemble|pack|train|final|predict|benchmark|execute`` (see ``--help``).
 
 The chapters call the same library functions; the command line is for machines
-without Jupyter (a GPU machine) and for the Makefile.
+without Jupyter (a GPU machine) and for the Makefile. A failure prints what went
+wrong, naming the file, and exits with status 1; ``--debug`` (or ``XRAY_DEBUG=1``)
+shows the Python traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
+
+#: Environment variable that turns on tracebacks (like ``--debug``).
+DEBUG_ENV = "XRAY_DEBUG"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="xray-transfer", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help=f"show the Python traceback of an error (also {DEBUG_ENV}=1)")
+    p = argparse.ArgumentParser(prog="xray-transfer", description=__doc__, parents=[debug],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
+    add = lambda name, **kw: sub.add_parser(name, parents=[debug], **kw)  # noqa: E731
 
-    a = sub.add_parser("assemble", help="select and letterbox the dataset from the collections")
+    a = add("assemble", help="select and letterbox the dataset from the collections")
     a.add_argument("--data", default=None, help="collections folder (default $XRAY_DATA_DIR)")
     a.add_argument("--out", default="data/dataset")
     a.add_argument("--allow-shortfall", action="store_true",
@@ -22,18 +35,18 @@ def main(argv=None) -> int:
                         "instead of stopping")
     a.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of failing")
 
-    k = sub.add_parser("pack", help="pack the dataset cache into one .npz to carry to another machine")
+    k = add("pack", help="pack the dataset cache into one .npz to carry to another machine")
     k.add_argument("--dataset", default="data/dataset")
     k.add_argument("--out", default="data/dataset.npz")
 
-    t = sub.add_parser("train", help="cross-validate one backbone (resumes finished folds)")
+    t = add("train", help="cross-validate one backbone (resumes finished folds)")
     t.add_argument("--dataset", default="data/dataset", help="dataset folder or .npz pack")
     t.add_argument("--out", required=True, help="run folder (artifacts)")
     t.add_argument("--backbone", required=True)
     t.add_argument("--weights", default="offline",
                    help="'offline' (the registered ImageNet file in $XRAY_WEIGHTS_DIR, default ../shared/weights), "
                         "'imagenet' (Keras download), 'none' (random) or a .weights.h5 path")
-    t.add_argument("--batchnorm", default="batch_statistics", choices=["batch_statistics", "inference"])
+    t.add_argument("--batchnorm", default="keras2", choices=["keras2", "batch_statistics", "inference"])
     t.add_argument("--n-splits", type=int, default=10)
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=64)
@@ -41,25 +54,25 @@ def main(argv=None) -> int:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--limit", type=int, default=None, help="stratified subset of this many images")
     t.add_argument("--group-by-patient", action="store_true")
-    t.add_argument("--image-mask", default="none", choices=["none", "lungs_hidden"])
+    t.add_argument("--image-mask", default="none", choices=["none", "lungs_hidden", "lungs_hidden_in_frame"])
     t.add_argument("--fast", default="auto", choices=["auto", "on", "off"])
     t.add_argument("--image-size", type=int, nargs=2, default=[200, 266], metavar=("HEIGHT", "WIDTH"))
 
-    f = sub.add_parser("final", help="train on all images with the protocol and save the model (.keras)")
+    f = add("final", help="train on all images with the protocol and save the model (.keras)")
     f.add_argument("--dataset", default="data/dataset")
     f.add_argument("--backbone", required=True)
     f.add_argument("--weights", default="offline", help="as for train")
-    f.add_argument("--batchnorm", default="batch_statistics", choices=["batch_statistics", "inference"])
+    f.add_argument("--batchnorm", default="keras2", choices=["keras2", "batch_statistics", "inference"])
     f.add_argument("--out", default=None, help="model file (default data/models/<backbone>.keras)")
     f.add_argument("--epochs", type=int, default=10)
 
-    q = sub.add_parser("predict", help="class probabilities for every X-ray in a folder (CSV)")
+    q = add("predict", help="class probabilities for every X-ray in a folder (CSV)")
     q.add_argument("--model", required=True, help="a .keras file from `xray-transfer final`")
     q.add_argument("--input", required=True, help="folder of images (searched recursively)")
     q.add_argument("--out", required=True, help="CSV to write")
     q.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
 
-    b = sub.add_parser("benchmark", help="time plain model.fit against the fast path, per backbone")
+    b = add("benchmark", help="time plain model.fit against our trainer, per backbone")
     b.add_argument("--dataset", default="data/dataset")
     b.add_argument("--out", default="artifacts/benchmark")
     b.add_argument("--backbones", nargs="+", default=None)
@@ -69,19 +82,76 @@ def main(argv=None) -> int:
     b.add_argument("--protocol-epochs", type=int, default=10, help="epochs of the protocol the times are for")
     b.add_argument("--image-size", type=int, nargs=2, default=[200, 266], metavar=("HEIGHT", "WIDTH"))
 
-    args = p.parse_args(argv)
+    x = add("execute", help="execute a chapter with papermill, refusing parameters the chapter does not have")
+    x.add_argument("notebook", help="the chapter as .ipynb (`make run` converts notebooks/<chapter>.md)")
+    x.add_argument("output", help="the executed notebook to write")
+    x.add_argument("-p", "--parameters", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="a parameter, typed as papermill -p does (True, 1, 1e-4, text)")
+    x.add_argument("-r", "--parameters-raw", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="a parameter kept as text")
+    x.add_argument("--cwd", default=None, help="working folder of the kernel")
+    return p
+
+
+def main(argv=None) -> int:
+    """Run one command; on an error print its message (no traceback) and return 1."""
+    args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"xray-transfer {args.cmd}: interrupted; outputs are written whole or not at all", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 -- the one place that turns errors into messages
+        if debug:
+            raise
+        print(f"xray-transfer {args.cmd}: {describe(err)}", file=sys.stderr)
+        print(f"(for the Python traceback run again with --debug or {DEBUG_ENV}=1)", file=sys.stderr)
+        return 1
+
+
+def describe(err: BaseException) -> str:
+    """The message of an error for a reader; unexpected kinds keep their type name.
+
+    >>> describe(FileNotFoundError(2, "No such file or directory", "x.csv"))
+    "[Errno 2] No such file or directory: 'x.csv'"
+    >>> describe(KeyError("patientid"))
+    "unexpected KeyError: 'patientid' (please report it, with the --debug output)"
+    """
+    text = str(err).strip() or type(err).__name__
+    if isinstance(err, (OSError, ValueError, RuntimeError, FloatingPointError)):
+        return text
+    return f"unexpected {type(err).__name__}: {text} (please report it, with the --debug output)"
+
+
+def run(args) -> int:
+    """Carry out the parsed command ``args``."""
+    from .safety import Refused, check_apart, check_model_path, check_output_folder
+
     if args.cmd == "assemble":
         from .data import assemble
         info = assemble(args.data, args.out, allow_shortfall=args.allow_shortfall,
                         on_error="skip" if args.skip_bad else "raise")
         print(json.dumps({k: v for k, v in info.items() if k != "skipped"}, indent=1))
-        print(f"skipped {len(info['skipped'])} unreadable images")
+        for line in info["skipped"]:
+            print(f"skipped {line}", file=sys.stderr)
+        print(f"skipped {len(info['skipped'])} image(s) (listed in {args.out}/dataset.json)")
     elif args.cmd == "pack":
         from .data import pack
+        check_apart(args.out, args.dataset, "dataset")
+        if Path(args.out).suffix != ".npz":
+            raise Refused(f"{args.out}: a pack must end in .npz")
+        if Path(args.out).exists() and not _is_pack(args.out):
+            raise Refused(f"{args.out}: exists and is not a pack of this command, so it is left alone; "
+                          "choose another file")
         print(pack(args.dataset, args.out))
     elif args.cmd == "train":
         from .data import load_dataset
         from .train import cross_validate
+        check_apart(args.out, args.dataset, "dataset")
+        check_output_folder(args.out, "run")
         ds = load_dataset(args.dataset, limit=args.limit, seed=args.seed)
         fast = {"auto": "auto", "on": True, "off": False}[args.fast]
         rec = cross_validate(ds, args.out, backbone=args.backbone, weights=args.weights,
@@ -94,6 +164,8 @@ def main(argv=None) -> int:
         from .data import load_dataset
         from .train import fit_final
         out = args.out or f"data/models/{args.backbone}.keras"
+        check_apart(out, args.dataset, "dataset")
+        check_model_path(out)
         rec = fit_final(load_dataset(args.dataset), out, backbone=args.backbone, weights=args.weights,
                         epochs=args.epochs, batchnorm=args.batchnorm)
         print(f"{out}: sha256 {rec['model_sha256']}, {rec['fit_seconds']:.0f} s")
@@ -102,12 +174,25 @@ def main(argv=None) -> int:
         res = predict_folder(args.model, args.input, args.out, on_error="raise" if args.strict else "skip")
         print(json.dumps(res))
         if res["skipped"]:
-            print(f"{res['skipped']} unreadable file(s) skipped; see the 'error' column of {args.out}", file=sys.stderr)
+            print(f"{res['skipped']} file(s) not predicted; the 'error' column of {args.out} says why", file=sys.stderr)
     elif args.cmd == "benchmark":
         from .benchmark import run_benchmark
+        check_apart(args.out, args.dataset, "dataset")
         run_benchmark(args.dataset, args.out, backbones=args.backbones, epochs=args.epochs, limit=args.limit,
                       n_splits=args.n_splits, protocol_epochs=args.protocol_epochs, image_size=tuple(args.image_size))
+    elif args.cmd == "execute":
+        from .chapter import execute
+        execute(args.notebook, args.output, parameters=args.parameters, raw=args.parameters_raw, cwd=args.cwd)
     return 0
+
+
+def _is_pack(path) -> bool:
+    import numpy as np
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {"blob", "offsets", "manifest_sha256"} <= set(z.files)
+    except (OSError, ValueError):
+        return False
 
 
 if __name__ == "__main__":

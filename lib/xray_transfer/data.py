@@ -56,6 +56,10 @@ class DataLayoutError(FileNotFoundError):
     """The data folder does not have the expected layout; the message says what to put where."""
 
 
+class DuplicateImage(ValueError):
+    """Two source files give the same image; the message names both."""
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One source X-ray eligible for a class."""
@@ -90,18 +94,32 @@ def is_frontal_xray(row: dict) -> bool:
 
 def _metadata_candidates(root: Path, source: str, name_column: str, folder: str) -> list[Candidate]:
     meta = root / source / "metadata.csv"
-    with open(meta, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or name_column not in rows[0] or "finding" not in rows[0]:
-        raise DataLayoutError(f"{meta}: expected columns 'finding' and '{name_column}'; is this the collection's metadata.csv?")
-    out = []
-    for row in rows:
+    try:
+        with open(meta, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            rows = [(reader.line_num, row) for row in reader]
+    except UnicodeDecodeError as err:
+        raise DataLayoutError(f"{meta}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                              "save it as UTF-8, as the collection distributes it") from None
+    except csv.Error as err:
+        raise DataLayoutError(f"{meta}: not a readable CSV file ({err}); restore the collection's own file") from None
+    missing = [c for c in ("patientid", "finding", name_column) if c not in columns]
+    if missing:
+        raise DataLayoutError(f"{meta}: no column {', '.join(map(repr, missing))}; is this the collection's "
+                              "metadata.csv? Restore the collection's own file")
+    out, line_of = [], {}
+    for line, row in rows:
         finding = (row.get("finding") or "").strip()
         if not finding.startswith("COVID-19"):
             continue
         if not is_frontal_xray(row):
             continue
         rel = Path(source) / (row.get("folder") or folder) / row[name_column]
+        if rel in line_of:
+            raise DataLayoutError(f"{meta}: lines {line_of[rel]} and {line} both list {rel.name}, which would put "
+                                  "one image in the dataset twice; remove the duplicate row")
+        line_of[rel] = line
         out.append(Candidate("covid", source, root / rel, rel.as_posix(), f"{source}-{row['patientid']}"))
     return out
 
@@ -123,7 +141,7 @@ def kermany_patient(name: str) -> str:
 
 def _folder_candidates(root: Path, folder: str, label: str, pattern: str) -> list[Candidate]:
     d = root / "kermany" / folder
-    files = sorted(p for p in d.iterdir() if p.is_file() and re.search(pattern, p.name))
+    files = sorted(p for p in d.iterdir() if p.is_file() and re.search(pattern, p.name, re.IGNORECASE))
     if not files:
         raise DataLayoutError(f"{d}: no {label} images found (expected files matching {pattern!r}).\n{FETCH_HELP}")
     return [Candidate(label, "kermany", p, p.relative_to(root).as_posix(), f"kermany-{kermany_patient(p.name)}")
@@ -131,15 +149,47 @@ def _folder_candidates(root: Path, folder: str, label: str, pattern: str) -> lis
 
 
 def find_candidates(data_dir=None) -> dict[str, list[Candidate]]:
-    """All eligible images per class: COVID-19 X-rays (frontal, not CT), bacterial pneumonia, normal."""
+    """All eligible images per class: COVID-19 X-rays (frontal, not CT), bacterial pneumonia, normal.
+
+    File extensions are matched regardless of case (``.jpeg``, ``.JPEG``).
+
+    Raises
+    ------
+    DataLayoutError
+        If a class has no eligible image, a metadata file is unreadable, lacks a
+        column or lists an image twice, or two files would get one name in the
+        dataset (``covid0.png`` and ``covid0.jpg``).
+    """
     root = resolve_data_dir(data_dir)
     covid = (_metadata_candidates(root, "cohen", "filename", "images")
              + _metadata_candidates(root, "figure1", "imagename", "images"))
-    return {
+    if not covid:
+        raise DataLayoutError(f"{root}: cohen/metadata.csv and figure1/metadata.csv list no frontal COVID-19 "
+                              f"X-ray (finding 'COVID-19...', modality X-ray); check these files.\n{FETCH_HELP}")
+    cands = {
         "covid": covid,
         "normal": _folder_candidates(root, "NORMAL", "normal", r"\.(jpe?g|png)$"),
         "pneumonia": _folder_candidates(root, "PNEUMONIA", "pneumonia", r"_bacteria_.*\.(jpe?g|png)$"),
     }
+    seen = {}
+    for label in CLASSES:
+        for c in cands[label]:
+            name = output_name(c)
+            if name in seen:
+                raise DataLayoutError(f"{root}: {seen[name].original_path} and {c.original_path} would both "
+                                      f"become {name} in the dataset (same name, other extension); remove or "
+                                      "rename one of them")
+            seen[name] = c
+    return cands
+
+
+def output_name(cand: Candidate) -> str:
+    """File name of a candidate in the dataset cache, under ``images/``.
+
+    >>> output_name(Candidate("normal", "kermany", Path("/d/kermany/NORMAL/IM-0001-0001.jpeg"), "", ""))
+    'normal/kermany__IM-0001-0001.png'
+    """
+    return f"{cand.label}/{cand.source}__{cand.path.stem}.png"
 
 
 def sha256_file(path) -> str:
@@ -212,14 +262,16 @@ def assemble(data_dir=None, out_dir="data/dataset", size=OUTPUT_SIZE, counts=Non
         Folder with the collections (see module docstring); default ``$XRAY_DATA_DIR``.
     out_dir : path, default "data/dataset"
         Cache folder, replaced atomically: a failed run leaves the previous cache
-        (or nothing) behind, never a partial one.
+        (or nothing) behind, never a partial one. It must be new, empty or a
+        dataset folder written by this function, and apart from ``data_dir``.
     size : (int, int), default (266, 200)
         Output (width, height).
     counts : dict, optional
         Images per class; default the paper's 224 / 504 / 700.
     on_error : {"raise", "skip"}, default "raise"
-        What to do with an unreadable image: stop with an error naming the file,
-        or skip it, take the next candidate in draw order and count the skip.
+        What to do with an unreadable or oversized image, or one whose pixels equal
+        an image already taken: stop with an error naming the file(s), or skip it,
+        take the next candidate in draw order and list it under ``skipped``.
     allow_shortfall : bool, default False
         Take all images of a class that has fewer than asked for (recorded in
         ``dataset.json`` as ``shortfall``) instead of stopping with an error.
@@ -228,11 +280,23 @@ def assemble(data_dir=None, out_dir="data/dataset", size=OUTPUT_SIZE, counts=Non
     -------
     dict
         The contents of ``dataset.json`` (counts, skipped files, manifest hash, timing).
+
+    Raises
+    ------
+    xray_transfer.safety.Refused
+        If ``out_dir`` is not ours to replace, or overlaps ``data_dir``.
+    DataLayoutError
+        See :func:`find_candidates`.
     """
+    from .safety import check_apart, check_output_folder
+
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     t0 = time.perf_counter()
     root = resolve_data_dir(data_dir)
+    out_dir = Path(out_dir)
+    check_apart(out_dir, root, "data folder")
+    check_output_folder(out_dir, "dataset")
     counts = dict(PAPER_COUNTS if counts is None else counts)
     if set(counts) != set(CLASSES) or any(int(n) != n or n < 1 for n in counts.values()):
         raise ValueError(f"counts must give a positive whole number for each of {CLASSES}, got {counts!r}")
@@ -249,11 +313,10 @@ def assemble(data_dir=None, out_dir="data/dataset", size=OUTPUT_SIZE, counts=Non
                     for label in CLASSES for c in cands[label] if not c.path.is_file()]
     else:
         ordered = select(cands, asked, allow_shortfall=allow_shortfall)
-    out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
     try:
-        rows = []
+        rows, taken = [], {}  # taken: pixels SHA-256 -> source path
         total = sum(counts.values())
         bar = _progress(total, "letterboxing", progress)
         for label in CLASSES:
@@ -270,16 +333,28 @@ def assemble(data_dir=None, out_dir="data/dataset", size=OUTPUT_SIZE, counts=Non
                     skipped.append(str(err))
                     continue
                 boxed = letterbox(im, size)
-                name = f"{label}/{cand.source}__{cand.path.stem}.png"
+                name = output_name(cand)
                 pixels = np.asarray(boxed)
+                pixels_sha256 = hashlib.sha256(pixels.tobytes()).hexdigest()
+                if pixels_sha256 in taken:
+                    msg = (f"{cand.path}: same image as {taken[pixels_sha256]} (equal pixels after letterboxing), "
+                           "which would be in the dataset twice")
+                    if on_error == "raise":
+                        raise DuplicateImage(f"{msg}; remove one of the two (or pass --skip-bad / on_error='skip')")
+                    skipped.append(msg)
+                    continue
+                taken[pixels_sha256] = cand.path
                 _to_storable(pixels).save(tmp / "images" / name)
                 rows.append({"file": name, "label": label, "source": cand.source,
                              "original_path": cand.original_path, "patient_id": cand.patient_id,
                              "original_width": im.size[0], "original_height": im.size[1],
                              "width": boxed.size[0], "height": boxed.size[1], "sha256": digest,
-                             "pixels_sha256": hashlib.sha256(pixels.tobytes()).hexdigest()})
+                             "pixels_sha256": pixels_sha256})
                 kept += 1
                 bar.update(1)
+            if kept == 0:
+                raise ValueError(f"no readable {label} image: all {len(ordered[label])} candidates were skipped "
+                                 f"({skipped[-1] if skipped else ''}); check the data folder")
             if kept < counts[label] and allow_shortfall:
                 counts[label] = kept
             elif kept < counts[label]:
@@ -298,9 +373,8 @@ def assemble(data_dir=None, out_dir="data/dataset", size=OUTPUT_SIZE, counts=Non
                 "seconds": round(time.perf_counter() - t0, 2),
                 "git": git_commit(), "versions": versions()}
         (tmp / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
-        old = out_dir.with_name(out_dir.name + ".old")
+        old = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))  # unique: never someone else's folder
         if out_dir.exists():
-            shutil.rmtree(old, ignore_errors=True)
             out_dir.rename(old)
         tmp.rename(out_dir)
         shutil.rmtree(old, ignore_errors=True)
@@ -356,10 +430,19 @@ def load_dataset(dataset_dir="data/dataset", limit=None, seed=0) -> Dataset:
     """
     dataset_dir = Path(dataset_dir)
     if dataset_dir.suffix == ".npz":
-        with np.load(dataset_dir, allow_pickle=False) as z:
-            images, labels = _unpack(z), z["labels"]
-            manifest = json.loads(str(z["manifest"]))
-            digest = str(z["manifest_sha256"])
+        import zipfile
+        try:
+            with np.load(dataset_dir, allow_pickle=False) as z:
+                images, labels = _unpack(z), z["labels"]
+                manifest = json.loads(str(z["manifest"]))
+                digest = str(z["manifest_sha256"])
+        except FileNotFoundError:
+            raise DataLayoutError(f"{dataset_dir}: no such pack; make one with `make pack`") from None
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            if isinstance(err, ImageReadError):
+                raise
+            raise DataLayoutError(f"{dataset_dir}: not a dataset pack of `make pack` ({type(err).__name__}); "
+                                  "make it again with `make pack`") from None
     else:
         manifest = read_manifest(dataset_dir)
         digest = manifest_hash(dataset_dir / "manifest.csv")

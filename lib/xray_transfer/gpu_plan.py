@@ -28,9 +28,10 @@ import time
 from pathlib import Path
 
 #: The jobs, in priority order: those of scripts/cpu_queue.sh (ALL_JOBS), then the benchmark.
-JOBS = ("paper/inception_v3", "paper/xception", "paper/vgg19", "paper/inception_resnet_v2", "paper/mobilenet",
+JOBS = ("paper/vgg19", "paper/mobilenet", "paper/inception_v3", "paper/xception", "paper/inception_resnet_v2",
+        "audit/bn-batch_statistics-inception_v3", "audit/bn-batch_statistics-mobilenet",
         "audit/bn-inference-inception_v3", "audit/bn-inference-mobilenet", "audit/grouped-mobilenet",
-        "audit/grouped-vgg19", "audit/lungs-hidden-mobilenet", "audit/lungs-hidden-vgg19",
+        "audit/grouped-vgg19", "audit/lungs-hidden-in-frame-mobilenet", "audit/lungs-hidden-in-frame-vgg19",
         "final/vgg19", "final/mobilenet", "final/inception_v3", "final/xception", "final/inception_resnet_v2",
         "bench/all")
 #: Reduced settings that check the plan itself in a minute or two (``--smoke``).
@@ -48,8 +49,8 @@ def job_spec(job: str) -> dict:
     from .models import BACKBONES
 
     kind, _, name = job.partition("/")
-    variants = {"bn-inference-": {"batchnorm": "inference"}, "grouped-": {"group_by_patient": True},
-                "lungs-hidden-": {"image_mask": "lungs_hidden"}}
+    variants = {"bn-inference-": {"batchnorm": "inference"}, "bn-batch_statistics-": {"batchnorm": "batch_statistics"},
+                "grouped-": {"group_by_patient": True}, "lungs-hidden-in-frame-": {"image_mask": "lungs_hidden_in_frame"}}
     spec = None
     if kind == "paper":
         spec = {"kind": "cv", "out": f"runs/{name}", "params": {"backbone": name}}

@@ -186,12 +186,49 @@ def weights_provenance(weights) -> dict:
     return record
 
 
-#: How BatchNormalization layers above the cutoff behave while fine-tuning.
-BATCHNORM_MODES = ("batch_statistics", "inference")
+#: How BatchNormalization layers behave while fine-tuning (see :func:`build_model`), in words.
+BATCHNORM_MODES = {
+    "keras2": "Keras 2.3 / TensorFlow 2.1: every BatchNormalization layer, frozen ones included, "
+              "normalises with the batch's statistics while training",
+    "batch_statistics": "Keras 3 (and TensorFlow 2.2 on): frozen BatchNormalization layers use their "
+                        "ImageNet statistics, trainable ones the batch's",
+    "inference": "keras.io transfer-learning guide: every BatchNormalization layer frozen, using its "
+                 "ImageNet statistics",
+}
+
+
+def has_frozen_batchnorm(backbone: str) -> bool:
+    """Whether layers below Table 1's cutoff include BatchNormalization (all but VGG19)."""
+    return get_backbone(backbone).key != "vgg19"
+
+
+def _batch_statistics_when_frozen(layer):
+    """Make a frozen BatchNormalization layer normalise with batch statistics while training.
+
+    This is what Keras 2.3 and TensorFlow 2.1's ``keras.applications`` did with a layer set
+    to ``trainable=False`` (keras-team/keras#9965, tensorflow/tensorflow#36700): batch mean
+    and variance in the training phase, moving averages left as loaded (a non-trainable
+    layer's updates were not run), moving averages at inference. Keras 3 instead runs a
+    frozen layer in inference mode. The layer's class and saved form are unchanged.
+    """
+    from keras import backend, ops
+
+    def call(inputs, training=None, mask=None):
+        if not training:
+            return type(layer).call(layer, inputs, training=training, mask=mask)
+        x = ops.cast(inputs, backend.result_type(inputs.dtype, "float32"))
+        mean, variance = layer._moments(x, mask)
+        out = ops.batch_normalization(
+            x, mean, variance, axis=layer.axis, epsilon=layer.epsilon,
+            offset=ops.cast(layer.beta, x.dtype) if layer.center else None,
+            scale=ops.cast(layer.gamma, x.dtype) if layer.scale else None)
+        return ops.cast(out, layer.compute_dtype)
+
+    layer.call = call
 
 
 def build_model(backbone: str, input_shape=(200, 266, 3), weights="none", pooling="avg",
-                dropout=0.5, n_classes=3, seed=0, batchnorm="batch_statistics"):
+                dropout=0.5, n_classes=3, seed=0, batchnorm="keras2"):
     """Build Table 1's network for ``backbone``: base frozen below the cutoff, classifier on top.
 
     Parameters
@@ -210,13 +247,15 @@ def build_model(backbone: str, input_shape=(200, 266, 3), weights="none", poolin
     n_classes : int, default 3
     seed : int, default 0
         Seed for the random initialisation of every layer.
-    batchnorm : {"batch_statistics", "inference"}, default "batch_statistics"
-        BatchNormalization layers above the cutoff: trainable, normalising with each
-        batch's statistics during training and updating their moving averages (what
-        Keras does for a trainable layer, as in the paper's TensorFlow 2.1), or kept
-        frozen in inference mode with their ImageNet statistics (the practice the
-        Keras transfer-learning guide recommends). Layers below the cutoff are frozen,
-        hence in inference mode, either way.
+    batchnorm : {"keras2", "batch_statistics", "inference"}, default "keras2"
+        How BatchNormalization layers behave while training (:data:`BATCHNORM_MODES`).
+        "keras2": every one normalises with the batch's statistics, frozen ones (below
+        the cutoff) included, which keep their moving averages: the behaviour of Keras
+        2.3 and TensorFlow 2.1, which the paper (early 2020) most likely had.
+        "batch_statistics": frozen ones run in inference mode, trainable ones use and
+        update batch statistics (Keras 3, TensorFlow >= 2.2). "inference": every one
+        is frozen in inference mode (the keras.io transfer-learning guide). At
+        inference all three use the moving averages.
 
     Returns
     -------
@@ -251,14 +290,27 @@ def build_model(backbone: str, input_shape=(200, 266, 3), weights="none", poolin
                 "to train from a random initialisation (the book then labels the backbone).") from None
         raise
     if keras_weights is None and weights not in (None, "none"):
-        base.load_weights(str(weights))
+        import warnings
+        with warnings.catch_warnings(record=True) as caught:  # shown below unless the load fails
+            try:
+                base.load_weights(str(weights))
+            except Exception as err:  # h5py or Keras: garbage file, or another architecture's weights
+                first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+                raise WeightsUnavailable(f"{weights}: not weights of the {spec.application} base "
+                                         f"(include_top=False) that Keras can load ({first}); pass that "
+                                         "backbone's .weights.h5, weights='offline' or weights='none'") from None
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if len(base.layers) != spec.n_layers:
         raise RuntimeError(f"{spec.application} has {len(base.layers)} layers in this Keras, Table 1 assumes "
                            f"{spec.n_layers}; the cutoff {spec.cutoff} would not mean the paper's layer")
     for i, layer in enumerate(base.layers):
         layer.trainable = i >= spec.cutoff
-        if batchnorm == "inference" and isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False  # a frozen BatchNormalization layer runs in inference mode
+        if isinstance(layer, keras.layers.BatchNormalization):
+            if batchnorm == "inference":
+                layer.trainable = False  # a frozen BatchNormalization layer runs in inference mode
+            elif batchnorm == "keras2" and not layer.trainable:
+                _batch_statistics_when_frozen(layer)
     x = base.output
     x = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D,
          "flatten": keras.layers.Flatten}[pooling](name="head_pool")(x)

@@ -16,10 +16,30 @@ from .data import CLASSES
 from .preprocess import ImageReadError, letterbox, read_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+#: What to say about files of other kinds, by suffix.
+UNSUPPORTED = {".dcm": "DICOM is not read; export the image as PNG (e.g. with pydicom) and predict that",
+               "": "no file extension; give the file its image type's extension (.png, .jpg)"}
+CSV_COLUMNS = ["file", *[f"p_{c}" for c in CLASSES], "predicted", "error"]
+
+
+class ModelLoadError(ValueError):
+    """A model file or its record cannot be used; the message names the file and what to do."""
+
+
+class PredictionError(FloatingPointError):
+    """The model gave NaN or infinite probabilities; the message names the images."""
 
 
 def load_trained(model_path):
-    """Load a ``.keras`` model and its record; checks the file against the recorded SHA-256."""
+    """Load a ``.keras`` model and its record; checks the file against the recorded SHA-256.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the model or its record is missing.
+    ModelLoadError
+        If the record is damaged, the file differs from it, or Keras cannot load it.
+    """
     import keras
 
     from .data import sha256_file
@@ -31,36 +51,80 @@ def load_trained(model_path):
                                 "(or xray_transfer.train.fit_final)")
     if not record_path.is_file():
         raise FileNotFoundError(f"{record_path}: the model's record is missing (it names the backbone)")
-    record = json.loads(record_path.read_text())
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        record["params"]["backbone"], record["params"]["image_size"], record["model_sha256"]
+    except (ValueError, KeyError, TypeError):
+        raise ModelLoadError(f"{record_path}: not a model record of `xray-transfer final` (damaged?); "
+                             "retrain the model with `make final-models`") from None
     digest = sha256_file(model_path)
     if digest != record["model_sha256"]:
-        raise ValueError(f"{model_path}: SHA-256 {digest[:12]}… differs from its record "
-                         f"{record['model_sha256'][:12]}…; the file was changed or is not this run's")
-    return keras.models.load_model(model_path, compile=False), record
+        raise ModelLoadError(f"{model_path}: SHA-256 {digest[:12]}… differs from its record "
+                             f"{record['model_sha256'][:12]}…; the file was changed or is not this run's")
+    try:
+        model = keras.models.load_model(model_path, compile=False)
+    except Exception as err:  # zip, h5py or Keras errors: the message alone would not name the file
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"{model_path}: Keras cannot load this model ({first}); retrain it with "
+                             "`make final-models`") from None
+    return model, record
 
 
-def list_images(folder) -> list[Path]:
-    """Image files under ``folder`` (recursive, sorted), by suffix."""
+def list_files(folder) -> list[Path]:
+    """Every file under ``folder`` (recursive, sorted): images and the files that will be listed as not predicted."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise FileNotFoundError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise FileNotFoundError(f"{folder}: not a folder; give the folder of X-rays to predict")
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
+        raise FileNotFoundError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) among its "
+                                f"{len(files)} file(s)")
     return files
 
 
-def predict_folder(model_path, folder, out_csv, batch_size=32, on_error="skip") -> dict:
-    """Write ``out_csv``: one row per image with the three class probabilities and the call.
+def unsupported_reason(path) -> str | None:
+    """Why ``path`` is not predicted because of its type, or None for an image suffix.
 
-    Unreadable files are skipped and listed in the CSV with an ``error`` column
-    (``on_error="skip"``, the default), or stop the run (``on_error="raise"``).
-    The CSV is written atomically. Returns counts.
+    >>> unsupported_reason("scan.DCM")
+    'DICOM is not read; export the image as PNG (e.g. with pydicom) and predict that'
+    >>> unsupported_reason("a.PNG") is None
+    True
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return None
+    return UNSUPPORTED.get(suffix, f"not an image type read here ({suffix}); images must be "
+                                   f"{', '.join(sorted(IMAGE_SUFFIXES))}")
+
+
+def predict_folder(model_path, folder, out_csv, batch_size=32, on_error="skip") -> dict:
+    """Write ``out_csv``: one row per file under ``folder``, with the three class probabilities and the call.
+
+    Every file that is not predicted (unreadable, or not of an image type: ``.dcm``,
+    no extension, ...) gets a row with the reason in the ``error`` column
+    (``on_error="skip"``, the default), or stops the run (``on_error="raise"``).
+    Before any work the output is checked: it must be writable, outside ``folder``,
+    and not an existing file other than a CSV of this function. The CSV is written
+    atomically. Returns counts: ``images`` (files listed), ``predicted``, ``skipped``
+    and the calls per class.
+
+    Raises
+    ------
+    PredictionError
+        If the model gives a NaN or infinite probability: that is never a class.
     """
     from .models import preprocess_input
+    from .safety import Refused, check_apart, check_writable
 
     if on_error not in ("skip", "raise"):
         raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    folder, out_csv = Path(folder), Path(out_csv)
+    check_apart(out_csv, folder, "folder of images")
+    if out_csv.is_file() and not _is_prediction_csv(out_csv):
+        raise Refused(f"{out_csv}: exists and is not a prediction CSV of this command, so it is left alone; "
+                      "choose another output file")
+    check_writable(out_csv)
+    files = list_files(folder)
     model, record = load_trained(model_path)
     h, w = record["params"]["image_size"]
     rows, batch, names = [], [], []
@@ -69,39 +133,55 @@ def predict_folder(model_path, folder, out_csv, batch_size=32, on_error="skip") 
         if not batch:
             return
         x = preprocess_input(record["params"]["backbone"], np.stack(batch))
-        probs = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+        probs = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
+        bad = [name for name, p in zip(names, probs) if not np.isfinite(p).all()]
+        if bad:
+            raise PredictionError(f"{model_path}: gives NaN or infinite probabilities for {len(bad)} image(s) "
+                                  f"({', '.join(bad[:3])}); the model is broken (training diverged?): "
+                                  "retrain it with `make final-models`")
         for name, p in zip(names, probs):
             rows.append({"file": name, **{f"p_{c}": f"{v:.6f}" for c, v in zip(CLASSES, p)},
                          "predicted": CLASSES[int(p.argmax())], "error": ""})
         batch.clear()
         names.clear()
 
-    folder = Path(folder)
-    files = list_images(folder)
     skipped = 0
     for path in files:
+        name = str(path.relative_to(folder))
         try:
+            reason = unsupported_reason(path)
+            if reason is not None:
+                raise ImageReadError(f"{path}: {reason}")
             im = letterbox(read_image(path), (w, h))
         except ImageReadError as err:
             if on_error == "raise":
                 raise
             skipped += 1
-            rows.append({"file": str(path.relative_to(folder)), **{f"p_{c}": "" for c in CLASSES},
-                         "predicted": "", "error": str(err)})
+            rows.append({"file": name, **{f"p_{c}": "" for c in CLASSES}, "predicted": "",
+                         "error": str(err).removeprefix(f"{path}: ")})
             continue
         batch.append(np.asarray(im))
-        names.append(str(path.relative_to(folder)))
+        names.append(name)
         if len(batch) == batch_size:
             flush()
     flush()
     rows.sort(key=lambda r: r["file"])
-    out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_csv.with_name(f".{out_csv.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=["file", *[f"p_{c}" for c in CLASSES], "predicted", "error"])
-        wr.writeheader()
-        wr.writerows(rows)
-    os.replace(tmp, out_csv)
+    try:
+        with open(tmp, "w", newline="") as f:
+            wr = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            wr.writeheader()
+            wr.writerows(rows)
+        os.replace(tmp, out_csv)
+    finally:
+        tmp.unlink(missing_ok=True)
     return {"images": len(files), "predicted": len(files) - skipped, "skipped": skipped,
             "calls": {c: sum(r["predicted"] == c for r in rows) for c in CLASSES}}
+
+
+def _is_prediction_csv(path) -> bool:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return next(csv.reader(f), None) == CSV_COLUMNS
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False

@@ -34,7 +34,8 @@ def read_image(path) -> Image.Image:
     Raises
     ------
     ImageReadError
-        If the file is missing, empty, truncated or not an image.
+        If the file is missing, empty, truncated, not an image, or larger than
+        Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS`` times two).
     """
     path = Path(path)
     if not path.is_file():
@@ -45,6 +46,9 @@ def read_image(path) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             return to_rgb(im)
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(f"{path}: image too large to read safely ({err}); downscale it (the dataset "
+                             "uses 266x200) or remove it") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not a readable image (unknown format); re-download it or remove it") from None
     except (OSError, SyntaxError) as err:
@@ -118,6 +122,19 @@ def letterbox_box(image_size, size=OUTPUT_SIZE) -> tuple[int, int, int, int]:
     else:  # relatively taller: pad left and right
         canvas_w, canvas_h = max(w, round(h * out_w / out_h)), h
     return canvas_w, canvas_h, (canvas_w - w) // 2, (canvas_h - h) // 2
+
+
+def xray_frame(image_size, size=OUTPUT_SIZE) -> tuple[float, float, float, float]:
+    """Where the X-ray itself lies in its letterboxed output, as fractions ``(x0, y0, x1, y1)``.
+
+    Everything outside this box is the black band added by :func:`letterbox`.
+
+    >>> [round(v, 3) for v in xray_frame((100, 100))]  # square X-ray, 266x200: bands left and right
+    [0.12, 0.0, 0.872, 1.0]
+    """
+    w, h = image_size
+    canvas_w, canvas_h, left, top = letterbox_box(image_size, size)
+    return (left / canvas_w, top / canvas_h, (left + w) / canvas_w, (top + h) / canvas_h)
 
 
 def stretch_paper_literal(im: Image.Image, size=OUTPUT_SIZE, ratio=1.5) -> Image.Image:

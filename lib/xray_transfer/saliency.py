@@ -52,17 +52,19 @@ def occlusion_map(predict, image: np.ndarray, target: int, patch=32, stride=16, 
     return total / np.maximum(count, 1)
 
 
-def central_mask(shape, keep=0.15) -> np.ndarray:
+def central_mask(shape, keep=0.15, frame=(0.0, 0.0, 1.0, 1.0)) -> np.ndarray:
     """True in the central region that :func:`xray_transfer.train.hide_lungs` blacks out.
 
-    A rectangle, not a lung segmentation: on a letterboxed frontal chest X-ray it
-    holds the lungs and the mediastinum; the border holds labels, markers and padding.
+    A rectangle, not a lung segmentation: on a frontal chest X-ray it holds the lungs
+    and the mediastinum; the border holds labels and markers. ``frame`` is the X-ray's
+    own box in the letterboxed image (:func:`xray_transfer.preprocess.xray_frame`), as
+    for ``image_mask="lungs_hidden_in_frame"``; the default is the whole image.
     """
+    from .train import hide_lungs
+
     h, w = shape[:2]
-    dy, dx = int(round(h * keep)), int(round(w * keep))
-    m = np.zeros((h, w), dtype=bool)
-    m[dy:h - dy, dx:w - dx] = True
-    return m
+    ones = np.ones((1, h, w, 1), dtype=np.uint8)
+    return hide_lungs(ones, keep=keep, frames=[frame])[0, ..., 0] == 0
 
 
 def share_inside(saliency: np.ndarray, mask: np.ndarray) -> float:

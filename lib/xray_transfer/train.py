@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import (BATCHNORM_MODES, build_model, get_backbone, preprocess_input, resolve_weights,
-                     split_at_cutoff, weights_provenance)
+from .models import (BATCHNORM_MODES, build_model, get_backbone, has_frozen_batchnorm, preprocess_input,
+                     resolve_weights, split_at_cutoff, weights_provenance)
 
 #: The paper's protocol (Section 2.3); unstated choices are marked in DEFAULT_NOTES.
 DEFAULTS = dict(backbone="mobilenet", weights="none", n_splits=10, epochs=10, batch_size=64,
                 learning_rate=1e-4, dropout=0.5, pooling="avg", seed=0, image_size=(200, 266),
-                fast="auto", group_by_patient=False, image_mask="none", batchnorm="batch_statistics")
+                fast="auto", group_by_patient=False, image_mask="none", batchnorm="keras2")
 DEFAULT_NOTES = {
     "learning_rate": "unstated in the paper; 1e-4, a common Adam rate for fine-tuning",
     "dropout": "unstated; 0.5 (Hinton et al. 2012) between the two hidden layers",
@@ -33,8 +33,8 @@ DEFAULT_NOTES = {
     "loss": "unstated; softmax output with categorical cross-entropy",
     "scaling": "unstated; each backbone's own keras.applications preprocess_input",
     "augmentation": "none (discussed in Section 2.2, not stated as used)",
-    "batchnorm": "unstated; BatchNormalization above the cutoff trains with batch statistics, "
-                 "as Keras in TensorFlow 2.1 (early 2020) did for a trainable layer",
+    "batchnorm": "unstated; every BatchNormalization layer, frozen ones included, normalises with "
+                 "batch statistics while training, as Keras 2.3 / TensorFlow 2.1 (early 2020) did",
 }
 
 
@@ -44,6 +44,9 @@ class TrainingDiverged(FloatingPointError):
 
 class RunMismatch(ValueError):
     """A run folder holds files of another run; the message says how to start afresh."""
+#: "lungs_hidden": black out all but a border of the 266x200 image (letterbox bands included);
+#: "lungs_hidden_in_frame": the same within each X-ray's own frame, so the kept border is X-ray.
+IMAGE_MASKS = ("none", "lungs_hidden", "lungs_hidden_in_frame")
 PROTOCOL = dict(n_splits=10, epochs=10, batch_size=64, image_size=(200, 266))
 
 
@@ -78,10 +81,14 @@ def make_config(**params) -> dict:
         raise ValueError(f"seed must be an integer, got {cfg['seed']!r}")
     if cfg["fast"] not in ("auto", True, False):
         raise ValueError(f"fast must be 'auto', True or False, got {cfg['fast']!r}")
-    if cfg["image_mask"] not in ("none", "lungs_hidden"):
-        raise ValueError(f"image_mask must be 'none' or 'lungs_hidden', got {cfg['image_mask']!r}")
+    if cfg["image_mask"] not in IMAGE_MASKS:
+        raise ValueError(f"image_mask must be one of {IMAGE_MASKS}, got {cfg['image_mask']!r}")
     if cfg["batchnorm"] not in BATCHNORM_MODES:
-        raise ValueError(f"batchnorm must be one of {BATCHNORM_MODES}, got {cfg['batchnorm']!r}")
+        raise ValueError(f"batchnorm must be one of {tuple(BATCHNORM_MODES)}, got {cfg['batchnorm']!r}")
+    if cfg["fast"] is True and cfg["batchnorm"] == "keras2" and has_frozen_batchnorm(cfg["backbone"]):
+        raise ValueError(f"fast=True needs frozen layers whose output does not depend on the batch, but with "
+                         f"batchnorm='keras2' the frozen BatchNormalization layers of {cfg['backbone']} use batch "
+                         "statistics; use fast='auto'")
     cfg["weights"] = resolve_weights(cfg["backbone"], cfg["weights"])
     cfg["seed"] = int(cfg["seed"])
     return cfg
@@ -117,17 +124,40 @@ def resize_images(images: np.ndarray, image_size) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(a).resize((w, h), Image.Resampling.LANCZOS)) for a in images])
 
 
-def hide_lungs(images: np.ndarray, keep=0.15) -> np.ndarray:
+def hide_lungs(images: np.ndarray, keep=0.15, frames=None) -> np.ndarray:
     """Black out everything but a border of width ``keep`` (fraction of each side).
 
     The lungs lie in the central region of a frontal chest X-ray; a model that
     still tells the classes apart from the border uses something other than the lungs.
+    Without ``frames`` the border is that of the whole (letterboxed) image, so for an
+    X-ray padded with wide bands it may hold little but band. With ``frames``, one
+    ``(x0, y0, x1, y1)`` fraction box per image (:func:`xray_transfer.preprocess.xray_frame`),
+    the border is taken inside each X-ray's own frame; the bands stay as they are.
     """
     out = images.copy()
     h, w = images.shape[1:3]
-    dy, dx = int(round(h * keep)), int(round(w * keep))
-    out[:, dy:h - dy, dx:w - dx] = 0
+    if frames is None:
+        frames = [(0.0, 0.0, 1.0, 1.0)] * len(images)
+    for img, (x0, y0, x1, y1) in zip(out, frames):
+        fx0, fx1, fy0, fy1 = x0 * w, x1 * w, y0 * h, y1 * h
+        dx, dy = keep * (fx1 - fx0), keep * (fy1 - fy0)
+        img[int(round(fy0 + dy)):int(round(fy1 - dy)), int(round(fx0 + dx)):int(round(fx1 - dx))] = 0
     return out
+
+
+def apply_image_mask(images: np.ndarray, image_mask: str, manifest) -> np.ndarray:
+    """The images a run trains on under ``image_mask`` (see :data:`IMAGE_MASKS`)."""
+    if image_mask == "lungs_hidden":
+        return hide_lungs(images)
+    if image_mask == "lungs_hidden_in_frame":
+        from .preprocess import xray_frame
+        try:
+            frames = [xray_frame((int(r["original_width"]), int(r["original_height"]))) for r in manifest]
+        except KeyError:
+            raise ValueError("image_mask='lungs_hidden_in_frame' needs original_width and original_height in "
+                             "the manifest; rebuild the dataset with `make dataset`") from None
+        return hide_lungs(images, frames=frames)
+    return images
 
 
 def use_fast_path(cfg: dict) -> tuple[bool, str]:
@@ -136,18 +166,23 @@ def use_fast_path(cfg: dict) -> tuple[bool, str]:
     share = spec.cutoff / spec.n_layers
     if cfg["fast"] in (True, False):
         return bool(cfg["fast"]), f"forced by fast={cfg['fast']} ({share:.0%} of base layers frozen)"
+    if cfg.get("batchnorm", "keras2") == "keras2" and has_frozen_batchnorm(cfg["backbone"]):
+        return False, ("the frozen BatchNormalization layers normalise with each batch's statistics "
+                       "(batchnorm='keras2'), so the frozen part's output changes from batch to batch")
     if share >= 0.5:
         return True, f"{share:.0%} of the base's layers are frozen: their outputs are computed once"
     return False, f"only {share:.0%} of the base's layers are frozen: caching would not pay"
 
 
 def frozen_key(cfg: dict, images: np.ndarray) -> str:
-    """What the fast path's frozen outputs depend on: backbone, initial weights, seed, size, pixels.
+    """What the fast path's frozen outputs depend on: backbone, initial weights, seed, size, pixels,
+    and whether frozen BatchNormalization layers use batch statistics ('keras2').
 
-    BatchNorm mode, grouping, epochs and learning rate only act above the cutoff.
+    Otherwise the BatchNorm mode, grouping, epochs and learning rate act above the cutoff only.
     """
+    keras2 = cfg["batchnorm"] == "keras2" and has_frozen_batchnorm(cfg["backbone"])
     h = hashlib.sha256(json.dumps([cfg["backbone"], cfg["weights"], cfg["seed"], list(cfg["image_size"]),
-                                   cfg["batch_size"], images.shape, str(images.dtype)]).encode())
+                                   cfg["batch_size"], keras2, images.shape, str(images.dtype)]).encode())
     h.update(np.ascontiguousarray(images).data)
     return h.hexdigest()
 
@@ -345,8 +380,7 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, featur
     if not todo:
         return record
     images = resize_images(dataset.images, cfg["image_size"])
-    if cfg["image_mask"] == "lungs_hidden":
-        images = hide_lungs(images)
+    images = apply_image_mask(images, cfg["image_mask"], dataset.manifest)
     t0 = time.perf_counter()
     trainer = Trainer(cfg, images, feature_store)
     setup_seconds = time.perf_counter() - t0
@@ -410,8 +444,7 @@ def fit_final(dataset, model_path, progress=True, feature_store=None, **params) 
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
     images = resize_images(dataset.images, cfg["image_size"])
-    if cfg["image_mask"] == "lungs_hidden":
-        images = hide_lungs(images)
+    images = apply_image_mask(images, cfg["image_mask"], dataset.manifest)
     trainer = Trainer(cfg, images, feature_store)
     every = np.arange(len(dataset))
     bar = tqdm(total=cfg["epochs"], desc=f"{cfg['backbone']} on all images", unit="epoch",
