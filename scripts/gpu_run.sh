@@ -21,6 +21,7 @@
 #   4: Xception's file and card       paper/xception
 #   5: nothing                        (no job named: every job; the finished ones are skipped)
 # A job whose weights file is not there is skipped with a note; every run resumes from its folds.
+# A new lease goes on where the last stopped: `tar xzf gpu-out.tgz -C .gpu` here, carry .gpu/out too.
 # book/how_to_reproduce.md ("Every experiment in one GPU lease") gives the exact calls.
 #
 # Output: .gpu/out/{runs,audit,models,benchmark}, laid out as artifacts/, and plan-log.jsonl

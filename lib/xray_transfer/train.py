@@ -210,8 +210,8 @@ class Trainer:
     compiled training step, so no fold pays for compilation again.
 
     ``feature_store``, a dict, shares the fast path's frozen outputs between trainers
-    (runs in one process): runs whose frozen part and images are the same (the paper run,
-    the BatchNorm and patient-grouped variants, the final model) compute them once.
+    (runs in one process): runs whose frozen part and images are the same (VGG19's paper,
+    patient-grouped and final runs, say; see :func:`frozen_key`) compute them once.
     """
 
     def __init__(self, cfg: dict, images: np.ndarray, feature_store: dict | None = None):
