@@ -89,7 +89,10 @@ def test_gpu_script_runs_end_to_end_with_smoke_settings(smoke_run):
     # the final model's record, and the benchmark in the schema of every device
     final = json.loads((out / "models" / "vgg19.json").read_text())
     assert final["params"]["backbone"] == "vgg19" and final["weights"]["sha256"] == run["weights"]["sha256"]
-    benchmark.check_record(json.loads((out / "benchmark" / "benchmark.json").read_text()))
+    bench = json.loads((out / "benchmark" / "benchmark.json").read_text())
+    benchmark.check_record(bench)
+    assert bench["persistent_compilation_cache"] is None  # plain fit compiled as in anyone's script
+    assert (tmp / "gpu" / "jax-cache").is_dir() or log[0]["backend"] != "jax"  # the runs had the cache
 
 
 def test_gpu_script_packs_everything_but_the_models_for_the_way_back(smoke_run):

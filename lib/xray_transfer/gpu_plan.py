@@ -5,8 +5,8 @@ models), then the benchmark. One process runs them all, so the dataset is read o
 the fast path's frozen outputs are computed once per backbone, weights, image size and
 pixels, then shared by every run that has the same frozen part. With JAX's persistent
 compilation cache (``scripts/gpu_run.sh`` sets it), a call after the first compiles
-nothing it compiled before (the benchmark runs in a process of its own, without that
-cache, so that its plain path compiles as anyone's would). A job whose offline weights file is not on this machine is
+nothing it compiled before (the script runs the benchmark in a process of its own,
+without that cache, so that its plain path compiles as anyone's would). A job whose offline weights file is not on this machine is
 skipped with a note (a later call that brings the file runs it); every run resumes from its
 finished folds, so a call can be repeated until all is done.
 
@@ -76,30 +76,14 @@ def _weights_missing(backbone: str) -> str | None:
     return None
 
 
-def _benchmark(dataset_path, out, smoke) -> dict:
-    """The benchmark in a fresh process without JAX's persistent compilation cache: plain
-    ``model.fit`` compiles as it would in anyone's script, and neither path reuses the plan's programs."""
-    import os
-    import subprocess
-
-    args = ["--epochs", str(BENCH["epochs"])]
-    if smoke:
-        args = ["--epochs", "1", "--backbones", "vgg19", "--limit", str(SMOKE["limit"]),
-                "--n-splits", str(SMOKE["n_splits"]), "--image-size", *map(str, SMOKE["image_size"])]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")
-           and not k.startswith("JAX_PERSISTENT_CACHE")}
-    proc = subprocess.run([sys.executable, "-m", "xray_transfer.cli", "benchmark", "--dataset", str(dataset_path),
-                           "--out", str(out), *args], env=env)
-    if proc.returncode:
-        raise RuntimeError(f"the benchmark stopped (exit status {proc.returncode}); its output is above")
-    return json.loads((Path(out) / "benchmark.json").read_text())
-
-
 def run_plan(dataset_path, out_root, jobs=JOBS, smoke=False, progress=False, log=print) -> list[dict]:
     """Run ``jobs`` in order into ``out_root``; return one record per job (also in ``plan-log.jsonl``).
 
-    A job that fails is recorded and the plan goes on with the next one.
+    A job that fails is recorded and the plan goes on with the next one. Run ``bench/all`` in a
+    process of its own without JAX's persistent compilation cache (``scripts/gpu_run.sh`` does),
+    so that plain ``model.fit`` compiles as in anyone's script and holds the device alone.
     """
+    from .benchmark import run_benchmark
     from .data import load_dataset
     from .provenance import environment
     from .train import cross_validate, fit_final
@@ -138,7 +122,9 @@ def run_plan(dataset_path, out_root, jobs=JOBS, smoke=False, progress=False, log
                     shutil.copyfile(out_root / "keras" / f"{key}.json", record)
                     entry["status"] = f"model sha256 {rec['model_sha256'][:12]}"
             else:
-                res = _benchmark(dataset_path, out_root / spec["out"], smoke)
+                bench = (dict(BENCH, epochs=1, backbones=["vgg19"], limit=SMOKE["limit"], n_splits=SMOKE["n_splits"],
+                              image_size=SMOKE["image_size"]) if smoke else dict(BENCH))
+                res = run_benchmark(dataset_path, out_root / spec["out"], **bench)
                 entry["status"] = "speed-ups " + ", ".join(
                     f"{k} x{r['protocol_speedup']:.1f}" for k, r in res["backbones"].items())
         except Exception as err:  # one job's failure must not cost the others their device time
