@@ -14,14 +14,16 @@
 #                             (models.OFFLINE_WEIGHTS) and its card, which the run records quote
 # A call carries at most 64 MiB (8 paths); the four weights files (126 MiB) do not fit one call.
 # Files carried once stay on the warm machine (and so do .gpu/out and .gpu/jax-cache), so a lease
-# is five calls of this script, the paper runs first:
-#   1: .whl .gpu/dataset.npz .gpu/commit + MobileNet's file and card   paper/inception_resnet_v2 paper/mobilenet
+# is several calls of this script, the paper runs first:
+#   1: .whl .gpu/dataset.npz .gpu/commit + MobileNet's file and card   paper/mobilenet
 #   2: VGG19's file and card          paper/vgg19
 #   3: Inception v3's file and card   paper/inception_v3
 #   4: Xception's file and card       paper/xception
-#   5: nothing                        (no job named: every job; the finished ones are skipped)
+#   5, 6, ...: nothing                (no job named: every job in priority order, Inception ResNet v2's
+#                                     paper run first, the finished ones skipped) until all are done
 # A job whose weights file is not there is skipped with a note; every run resumes from its folds.
-# A new lease goes on where the last stopped: `tar xzf gpu-out.tgz -C .gpu` here, carry .gpu/out too.
+# A new lease (a bare machine) starts again from call 1, and goes on where the last stopped if
+# call 1 also carries .gpu/out (here: `tar xzf gpu-out.tgz -C .gpu`).
 # book/how_to_reproduce.md ("Every experiment in one GPU lease") gives the exact calls.
 #
 # Output: .gpu/out/{runs,audit,models,benchmark}, laid out as artifacts/, and plan-log.jsonl
