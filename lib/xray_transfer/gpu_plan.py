@@ -16,7 +16,7 @@ finished folds, so a call can be repeated until all is done.
 Output, under ``--out``, as in ``artifacts/``: ``runs/<backbone>``, ``audit/<name>``,
 ``models/<backbone>.json`` (the ``.keras`` files stay in ``keras/``, too large to travel
 back), ``benchmark/benchmark.json``, and ``plan-log.jsonl`` (one line per job: seconds,
-device, what happened).
+device, backend, what happened, and with JAX the XLA compilations and their seconds).
 """
 from __future__ import annotations
 
@@ -76,6 +76,24 @@ def _weights_missing(backbone: str) -> str | None:
     return None
 
 
+def _compile_meter():
+    """With Keras on JAX: a function giving (compilations, seconds) so far, from ``jax.monitoring``."""
+    import keras
+    if keras.backend.backend() != "jax":
+        return None
+    import jax.monitoring
+
+    total = [0, 0.0]
+
+    def note(name, secs, **_):
+        if name == "/jax/core/compile/backend_compile_duration":
+            total[0] += 1
+            total[1] += secs
+
+    jax.monitoring.register_event_duration_secs_listener(note)
+    return lambda: tuple(total)
+
+
 def run_plan(dataset_path, out_root, jobs=JOBS, smoke=False, progress=False, log=print) -> list[dict]:
     """Run ``jobs`` in order into ``out_root``; return one record per job (also in ``plan-log.jsonl``).
 
@@ -95,10 +113,11 @@ def run_plan(dataset_path, out_root, jobs=JOBS, smoke=False, progress=False, log
     dataset = load_dataset(dataset_path, limit=limit)
     env = environment()
     store: dict = {}  # frozen outputs shared between runs
+    meter = _compile_meter()
     done = []
     for job in jobs:
         spec = job_spec(job)
-        t0 = time.perf_counter()
+        t0, compiled = time.perf_counter(), meter() if meter else None
         entry = {"job": job, "device": env["device"], "backend": env["backend"], "smoke": smoke}
         missing = _weights_missing(spec["params"]["backbone"]) if "backbone" in spec["params"] else None
         try:
@@ -130,6 +149,9 @@ def run_plan(dataset_path, out_root, jobs=JOBS, smoke=False, progress=False, log
         except Exception as err:  # one job's failure must not cost the others their device time
             entry["status"] = f"failed: {type(err).__name__}: {err}"
         entry["seconds"] = round(time.perf_counter() - t0, 1)
+        if meter:  # where the time goes: XLA compilations (count, seconds) during the job
+            entry["compilations"] = meter()[0] - compiled[0]
+            entry["compile_seconds"] = round(meter()[1] - compiled[1], 1)
         done.append(entry)
         log(f"== {job}: {entry['status']} ({entry['seconds']} s)")
         with open(out_root / "plan-log.jsonl", "a") as f:
