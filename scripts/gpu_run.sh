@@ -27,7 +27,8 @@
 # book/how_to_reproduce.md ("Every experiment in one GPU lease") gives the exact calls.
 #
 # Output: .gpu/out/{runs,audit,models,benchmark}, laid out as artifacts/, and plan-log.jsonl
-# (seconds per job, device, backend). Every 10 s, and at the end, $OUT/gpu-out.tgz holds them all
+# (seconds per job, device, backend, compilations), and gpu-log.txt (this script's log, every call of
+# the lease: each ends with its total command time). Every 10 s, and at the end, $OUT/gpu-out.tgz holds them all
 # (the .keras models stay behind: too large to come back), so what finished comes back even if the
 # time limit strikes; $OUT/gpu-log.txt is this script's log. Here:
 #   tar xzf <files_at>/gpu-out.tgz -C /tmp && .venv/bin/python -m xray_transfer.gpu_plan adopt /tmp/out
@@ -77,7 +78,7 @@ t0=$SECONDS
   [ ${#BENCH[@]} -gt 0 ] && { plan nocache bench/all || rc=$?; }
   echo "total command time: $((SECONDS - t0)) s (rc $rc)"
   exit $rc
-} 2>&1 | tee -a "$OUT/gpu-log.txt"
+} 2>&1 | tee -a "$OUT/gpu-log.txt" "$R/gpu-log.txt"
 rc=${PIPESTATUS[0]}
 kill $PACKER 2>/dev/null; wait $PACKER 2>/dev/null
 pack && echo "packed $(du -h "$OUT/gpu-out.tgz" | cut -f1)"

@@ -78,6 +78,7 @@ def test_gpu_script_runs_end_to_end_with_smoke_settings(smoke_run):
     assert "mobilenet_1_0_224_imagenet_notop" in log[1]["detail"]
     assert all(e["device"] and e["backend"] for e in log)
     assert "total command time:" in (tmp / "out" / "gpu-log.txt").read_text()
+    assert "total command time:" in (out / "gpu-log.txt").read_text()  # kept on the machine, and packed
     # the cross-validation: every fold file says which device and backend made it
     run = json.loads((out / "runs" / "vgg19" / "run.json").read_text())
     assert run["folds_done"] == [0, 1] and run["params"]["n_splits"] == 2
@@ -123,6 +124,7 @@ def test_adopt_takes_only_finished_runs_and_never_replaces_one(smoke_run, tmp_pa
     assert str(repo / "artifacts" / "runs" / "vgg19") in written
     assert (repo / "artifacts" / "runs" / "vgg19" / "fold-01.json").is_file()
     assert (repo / "artifacts" / "benchmark" / "benchmark.json").is_file()  # made on a CPU
+    assert not (repo / "artifacts" / "gpu-plan").exists()  # a smoke run's logs are not the book's
     # a finished run in the repository is never replaced
     before = (repo / "artifacts" / "runs" / "vgg19" / "run.json").read_text()
     (out / "runs" / "vgg19" / "run.json").write_text(before.replace('"folds_done"', '"folds_done" '))

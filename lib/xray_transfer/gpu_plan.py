@@ -173,7 +173,7 @@ def adopt(src_root, repo=".", log=print) -> list[str]:
     A run folder replaces the repository's only when it is complete and the repository's is
     missing or incomplete (never a finished run). A GPU's benchmark goes to
     ``artifacts/benchmark/gpu/``, a CPU's to ``artifacts/benchmark/`` (where `make benchmark`
-    writes). Final-model
+    writes). The plan's logs (not a smoke run's) go to ``artifacts/gpu-plan/``. Final-model
     records are not adopted: their ``.keras`` files cannot travel back.
     Returns the paths written.
     """
@@ -193,6 +193,14 @@ def adopt(src_root, repo=".", log=print) -> list[str]:
             tmp.rename(dest)
             written.append(str(dest))
             log(f"{dest}: adopted")
+    log_lines = (src / "plan-log.jsonl").read_text().splitlines() if (src / "plan-log.jsonl").is_file() else []
+    if any(not json.loads(line).get("smoke") for line in log_lines):  # the logs of a real plan
+        dest = art / "gpu-plan"
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("plan-log.jsonl", "gpu-log.txt"):
+            if (src / name).is_file():
+                shutil.copyfile(src / name, dest / name)
+                written.append(str(dest / name))
     bench = src / "benchmark" / "benchmark.json"
     if bench.is_file():
         device = json.loads(bench.read_text())["environment"]["device"]
