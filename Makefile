@@ -27,6 +27,7 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)  ## create .venv with the pinned packages
 
 book: $(STAMP)  ## build the book into _build/html (no data, no GPU needed)
+	$(BIN)/python -m xray_transfer.results --glance book/images/at_a_glance.png
 	$(BIN)/python -m xray_transfer.results --check
 	$(BIN)/jupyter-book build . -W --keep-going
 
@@ -63,8 +64,9 @@ train-%: $(STAMP)  ## e.g. make train-vgg19: the training chapter for one backbo
 
 train-all: $(addprefix train-,$(BACKBONES))  ## the full protocol for all five backbones
 
-results: $(STAMP)  ## regenerate results/table{1,2,3}.csv from the run artifacts
+results: $(STAMP)  ## regenerate results/table{1,2,3}.csv, README's headline block and its figure from the runs
 	$(BIN)/python -m xray_transfer.results --write
+	$(BIN)/python -m xray_transfer.results --glance book/images/at_a_glance.png
 
 # The committed benchmark: per backbone, plain model.fit and our trainer, each for 2 epochs on
 # two folds of a stratified 400-image subset (about 16 min on 2 idle CPU cores, estimated from

@@ -60,7 +60,13 @@ cv() {  # cv NAME OUTDIR ARGS...: cross-validate, committing each fold as it lan
   kill $watcher 2>/dev/null; wait $watcher 2>/dev/null
   if [ $rc -ne 0 ]; then commit "$name (CPU): folds so far" "$rel"; return $rc; fi
   render "$out" "$@" || return 1
-  commit "$name complete (CPU, $((SECONDS - t0)) s this session): folds and training chapter" "$rel"
+  local also=()
+  if [ "$rel" = "artifacts/runs/$name" ]; then  # a paper run: Tables 1-3, README block and figure follow it
+    (cd "$REPO" && "$BIN/python" -m xray_transfer.results --write >/dev/null \
+      && "$BIN/python" -m xray_transfer.results --glance book/images/at_a_glance.png >/dev/null) || return 1
+    also=(results README.md book/images/at_a_glance.png)
+  fi
+  commit "$name complete (CPU, $((SECONDS - t0)) s this session): folds, training chapter, tables" "$rel" "${also[@]}"
 }
 
 render() {  # render OUTDIR TRAIN_ARGS... [-p name value ...]: execute the training chapter into OUTDIR

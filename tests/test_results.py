@@ -10,7 +10,7 @@ import pytest
 
 from xray_transfer import paper
 from xray_transfer import results as R
-from xray_transfer.models import TABLE1
+from xray_transfer.models import OFFLINE_WEIGHTS, TABLE1
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "artifacts" / "runs"
@@ -24,6 +24,16 @@ def one_hot_probs(y_pred, n_classes=3):
     return p.round(6).tolist()
 
 
+def registered(backbone):
+    """The run-record ``weights`` block of the offline file registered for ``backbone``."""
+    reg = OFFLINE_WEIGHTS.get(backbone)
+    if reg is None:
+        return {"requested": "none", "kind": "none", "file": None, "sha256": None, "complete_imagenet": False,
+                "missing_tensors": None}
+    return {"requested": reg.file, "kind": "partial imagenet file", "file": reg.file, "sha256": reg.sha256,
+            "complete_imagenet": False, "missing_tensors": ["x/kernel"]}
+
+
 def make_run(root, backbone, folds, full_protocol=True, weights=None, n_splits=None, commit="abc1234",
              manifest="f" * 64, device="gpu: Test GPU"):
     """Write a run folder in the artifact format: run.json and one fold-XX.json per (y_true, y_pred)."""
@@ -33,8 +43,7 @@ def make_run(root, backbone, folds, full_protocol=True, weights=None, n_splits=N
     params = {"backbone": backbone, "weights": "none", "n_splits": n_splits, "epochs": 2, "batch_size": 4,
               "learning_rate": 0.001, "dropout": 0.25, "pooling": "max", "seed": 0, "image_size": [64, 80],
               "fast": "auto", "group_by_patient": False, "image_mask": "none"}
-    weights = weights or {"requested": "none", "kind": "none", "file": None, "sha256": None,
-                          "complete_imagenet": False, "missing_tensors": None}
+    weights = weights or registered(backbone)
     ys = [np.asarray(y) for y, _ in folds]
     counts = np.bincount(np.concatenate(ys), minlength=3).tolist() if folds else [0, 0, 0]
     record = {"params": params, "identity": {}, "notes": {"learning_rate": "test choice"},
@@ -70,9 +79,7 @@ FOLDS = [([0, 0, 1, 2], [0, 1, 0, 2]), ([0, 1, 2, 1], [0, 2, 2, 1])]
 @pytest.fixture
 def synthetic_runs(tmp_path):
     root = tmp_path / "runs"
-    make_run(root, "mobilenet", FOLDS, weights={"requested": "w.h5", "kind": "partial imagenet file",
-                                                "file": "w.h5", "sha256": "0" * 64, "complete_imagenet": False,
-                                                "missing_tensors": ["conv_pw_13/kernel (1, 1, 1024, 1024)"]})
+    make_run(root, "mobilenet", FOLDS)
     make_run(root, "vgg19", FOLDS[:1], full_protocol=False)
     return root
 
@@ -100,7 +107,8 @@ def test_table2_synthetic_hand_checked(synthetic_runs):
     assert m["accuracy_2class_diff_pp"] == pytest.approx(75.0 - 97.40)
     # per-fold SD of the 3-class accuracy: folds at 3/4 and 2/4
     assert m["accuracy_3class_fold_sd"] == pytest.approx(100 * np.std([0.75, 0.5], ddof=1))
-    assert m["status"] == "full protocol" and m["weights"] == "partial ImageNet"
+    assert m["status"] == "full protocol"
+    assert m["initialisation"] == "ImageNet, partial: conv_pw_13 trained from scratch"
     assert m["commit"] == "abc1234" and m["manifest_sha256"] == "f" * 64
 
 
@@ -125,6 +133,100 @@ def test_missing_backbones_are_not_run_rows_without_numbers(synthetic_runs):
     assert t2.loc["xception", "paper_asterisk"] == "*"
 
 
+def test_unfinished_run_is_listed_but_gives_no_numbers(synthetic_runs):
+    make_run(synthetic_runs, "xception", FOLDS, n_splits=10)  # 2 of 10 folds
+    runs = R.load_runs(synthetic_runs)
+    t2, t3 = R.table2(runs).set_index("backbone"), R.table3(runs).set_index("backbone")
+    assert t2.loc["xception", "status"] == R.NOT_COMPLETE and R.status(runs["xception"]) == "incomplete (2 of 10 folds)"
+    assert math.isnan(t2.loc["xception", "sensitivity_ours"]) and pd.isna(t3.loc["xception", "TP_ours"])
+    assert "xception" not in R.confusions(runs)
+    shown = R.table2_display(R.table2(runs), runs)
+    assert "Xception: ImageNet, partial: block14 trained from scratch (2 of 10 folds)" in set(
+        shown["Network: initialisation"])
+    assert "2 of 10 folds" in R.headline(R.table2(runs), runs)
+
+
+def test_csv_files_change_only_when_a_run_completes(synthetic_runs, tmp_path):
+    make_run(synthetic_runs, "xception", FOLDS[:1], n_splits=3)
+    before = R.render(R.load_runs(synthetic_runs))
+    readme_before = R.readme_block(R.load_runs(synthetic_runs))
+    fold = json.loads((synthetic_runs / "xception" / "fold-00.json").read_text())
+    (synthetic_runs / "xception" / "fold-01.json").write_text(json.dumps({**fold, "fold": 1}))
+    record = json.loads((synthetic_runs / "xception" / "run.json").read_text())
+    record["environment"]["git"]["commit"] = "def5678"  # the runner re-renders from a newer commit
+    (synthetic_runs / "xception" / "run.json").write_text(json.dumps(record))
+    assert R.render(R.load_runs(synthetic_runs)) == before  # 2 of 3 folds: nothing moves
+    assert R.readme_block(R.load_runs(synthetic_runs)) == readme_before
+    (synthetic_runs / "xception" / "fold-02.json").write_text(json.dumps({**fold, "fold": 2}))
+    after = R.render(R.load_runs(synthetic_runs))  # complete: Table 2 and 3 now hold it
+    assert after["table2.csv"] != before["table2.csv"] and "def5678" in after["table2.csv"]
+
+
+def test_tables_refuse_runs_of_different_datasets(synthetic_runs):
+    make_run(synthetic_runs, "xception", FOLDS, manifest="e" * 64)
+    runs = R.load_runs(synthetic_runs)
+    for table in (R.table1, R.table2, R.table3):
+        with pytest.raises(R.MixedRunsError, match="different datasets") as err:
+            table(runs)
+        assert "xception" in str(err.value) and "mobilenet" in str(err.value) and "eeeeeeeeeeee" in str(err.value)
+    assert R.main(["--check", "--runs", str(synthetic_runs), "--out", str(synthetic_runs)]) == 1
+
+
+def test_tables_refuse_runs_of_different_starting_weights(synthetic_runs):
+    make_run(synthetic_runs, "xception", FOLDS, weights={"kind": "none"})  # random, though a file is registered
+    with pytest.raises(R.MixedRunsError, match="different starting weights") as err:
+        R.table2(R.load_runs(synthetic_runs))
+    assert "other: random" in str(err.value) and "xception" in str(err.value)
+
+
+def test_comparison_only_for_backbones_complete_in_both(synthetic_runs, tmp_path):
+    earlier = tmp_path / "earlier"
+    make_run(earlier, "mobilenet", [([0, 0, 1, 2], [1, 1, 1, 2])] * 2, weights={"kind": "none"}, manifest="a" * 64)
+    make_run(earlier, "vgg19", FOLDS, weights={"kind": "none"}, manifest="a" * 64, n_splits=10)  # unfinished
+    cmp = R.comparison(R.load_runs(earlier), R.load_runs(synthetic_runs)).set_index("backbone")
+    assert list(cmp.index) == ["mobilenet"]
+    m = cmp.loc["mobilenet"]
+    assert m["initialisation_earlier"] == "random"
+    assert m["initialisation_now"] == "ImageNet, partial: conv_pw_13 trained from scratch"
+    assert m["sensitivity_earlier"] == 0 and m["sensitivity_now"] == pytest.approx(100 * 2 / 3)
+    assert m["sensitivity_change_pp"] == pytest.approx(100 * 2 / 3)
+    inits, moved = R.comparison_display(cmp.reset_index())
+    assert moved.iloc[0]["Sensitivity (%)"] == "0.0 \u2192 66.7 (+66.7)"
+    assert inits.iloc[0]["Earlier initialisation"] == "random"
+
+
+def test_roc_auc_and_interval_hand_checked(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "mobilenet", [([0, 0, 1, 2], [0, 1, 0, 2])])
+    run = R.load_runs(root)["mobilenet"]
+    # COVID-19 probability: 0.8, 0.1 for the two positives; 0.8, 0.1 for the negatives
+    # -> of the 4 (positive, negative) pairs, 1 won, 2 tied, 1 lost: AUC 0.5.
+    r = R.roc(run)
+    assert r["auc"] == pytest.approx(0.5)
+    assert r["sensitivity"] == 0.5 and r["specificity"] == 0.5
+    lo, hi = r["auc_ci"]
+    assert 0 <= lo < 0.5 < hi <= 1
+    assert R.auc_interval(0.9, 50, 100) == pytest.approx((0.8398, 0.9602), abs=1e-4)
+
+
+def test_weights_table_lists_every_backbone_with_its_evidence():
+    wt = R.weights_table().set_index("backbone")
+    assert list(wt.index) == BACKBONES
+    for key, reg in OFFLINE_WEIGHTS.items():
+        assert wt.loc[key, "sha256"] == reg.sha256 and wt.loc[key, "label"] == reg.label
+        assert wt.loc[key, "differs"] == reg.differs and wt.loc[key, "evidence"] == reg.evidence
+    assert wt.loc["inception_resnet_v2", "label"] == "random" and wt.loc["inception_resnet_v2", "file"] == ""
+
+
+def test_md_table_is_a_numbered_table_without_missing_values():
+    df = pd.DataFrame({"Network": ["A", "B"], "Ours (%)": [R.pct(97.77), R.pct(math.nan)], "Note": [None, "x"]})
+    text = R.md_table(df, "A caption.", "tbl-x", notes=["- means missing."])
+    assert text.startswith(":::{list-table} A caption.\n:name: tbl-x\n:header-rows: 1")
+    assert "  - 97.8" in text and "nan" not in text.lower() and "None" not in text
+    assert text.count("* - ") == 3 and "\u2013" in text and "- means missing." in text
+    assert R.md_table(pd.DataFrame({"a": [""]}), "c", "tbl-y").count("\u00a0") == 1  # blank, not missing
+
+
 def test_run_folder_without_folds_is_not_run(synthetic_runs):
     make_run(synthetic_runs, "inception_v3", [], n_splits=10)
     runs = R.load_runs(synthetic_runs)
@@ -138,6 +240,7 @@ def test_reduced_and_incomplete_runs_are_flagged(synthetic_runs):
     assert R.status(runs["vgg19"]) == "reduced settings"
     make_run(synthetic_runs, "xception", FOLDS[:1], n_splits=10)
     assert R.status(R.load_runs(synthetic_runs)["xception"]) == "incomplete (1 of 10 folds)"
+    assert not R.is_complete(R.load_runs(synthetic_runs)["xception"])
 
 
 def test_table1_records_the_params_used(synthetic_runs):
@@ -147,42 +250,44 @@ def test_table1_records_the_params_used(synthetic_runs):
     assert m["learning_rate_ours"] == "0.001" and m["dropout_ours"] == "0.25"
     assert m["epochs_ours"] == 2 and m["batch_size_ours"] == 4 and m["input_size_ours"] == "64x80"
     assert m["pooling_ours"] == "global max" and m["optimizer_ours"] == "Adam"
-    assert m["weights_ours"] == "partial ImageNet (missing: conv_pw_13/kernel (1, 1, 1024, 1024))"
-    assert t1.loc["vgg19", "weights_ours"] == "none (random)"
+    assert m["weights_ours"] == "ImageNet, partial: conv_pw_13 trained from scratch"
+    assert t1.loc["vgg19", "weights_ours"] == "ImageNet (8-bit, complete)"
     assert t1.loc["vgg19", "dropout_ours"] == "none"  # one hidden layer: no dropout layer
     assert t1.loc["inception_resnet_v2", "classifier_paper"] == "none"
 
 
-@pytest.mark.parametrize("weights, label", [
-    ({"kind": "none"}, "none (random)"),
-    ({"kind": "imagenet (keras download)", "complete_imagenet": True}, "complete ImageNet"),
-    ({"kind": "partial imagenet file", "missing_tensors": ["a", "b"]}, "partial ImageNet (missing: a; b)"),
-    ({"kind": "file", "file": "x.h5", "complete_imagenet": None}, "file x.h5 (completeness unknown)"),
-])
-def test_weights_start_labels(weights, label):
-    assert R.weights_start({"weights": weights}) == label
-
-
 def test_display_tables_mark_not_run(synthetic_runs):
     runs = R.load_runs(synthetic_runs)
-    d2 = R.table2_display(R.table2(runs))
-    assert (d2[("sensitivity", "ours [95% CI] SD")].iloc[3] == R.NOT_RUN)
-    assert d2[("specificity", "paper")].iloc[3] == "99.99*"
+    d2 = R.table2_display(R.table2(runs), runs)
+    xception = d2.iloc[12:16]  # four metric rows per network, in Table 1 order
+    assert xception.iloc[0]["Network: initialisation"] == "Xception: not run"
+    assert (xception["Ours (%)"] == R.DASH).all() and xception.iloc[3]["Paper (%)"] == "99.99*"
+    mobilenet = d2.iloc[4:8].set_index("Metric")
+    assert mobilenet.loc["sensitivity", "Ours (%)"] == "66.7"
+    assert mobilenet.loc["2-class accuracy", "Difference (pp)"] == "\u221222.4"
     d1 = R.table1_display(R.table1(runs))
-    assert d1.loc[("initial weights", "ours"), "VGG19"] == "none (random)"
+    row = d1[(d1["Source"] == "ours")].iloc[0]
+    assert row["VGG19"] == "ImageNet (8-bit, complete)" and row["Xception"] == R.DASH
     d3 = R.table3_display(R.table3(runs))
-    assert d3[("ours", "TP")].iloc[1] == "2" and d3[("paper", "TP")].iloc[3] == ""
+    assert d3.iloc[2]["TP"] == "2" and d3.iloc[7]["TP"] == R.DASH  # mobilenet ours; inception v3 paper
+    for df in (d2, d3, R.glance_display(R.table2(runs))):
+        assert not df.isna().any().any() and not df.astype(str).apply(lambda c: c.str.contains("nan|None")).any().any()
 
 
 def test_write_is_deterministic_and_check_detects_stale(synthetic_runs, tmp_path, capsys):
     out = tmp_path / "results"
-    R.write(synthetic_runs, out)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{R.README_START}\nold\n{R.README_END}\n\nrest\n")
+    R.write(synthetic_runs, out, readme)
     first = {p.name: p.read_bytes() for p in out.iterdir()}
-    R.write(synthetic_runs, out)
+    R.write(synthetic_runs, out, readme)
     assert first == {p.name: p.read_bytes() for p in out.iterdir()}
     assert sorted(first) == list(R.TABLE_FILES)
-    assert R.check(synthetic_runs, out) == []
-    assert R.main(["--check", "--runs", str(synthetic_runs), "--out", str(out)]) == 0
+    text = readme.read_text()
+    assert "\nold\n" not in text and text.endswith("rest\n") and "MobileNet v1 | ImageNet, partial" in text
+    assert R.check(synthetic_runs, out, readme) == []
+    args = ["--check", "--runs", str(synthetic_runs), "--out", str(out), "--readme", str(readme)]
+    assert R.main(args) == 0
 
     fold = synthetic_runs / "mobilenet" / "fold-00.json"
     f = json.loads(fold.read_text())
@@ -191,8 +296,17 @@ def test_write_is_deterministic_and_check_detects_stale(synthetic_runs, tmp_path
     problems = R.check(synthetic_runs, out)
     assert any("table2.csv differs" in p for p in problems)
     assert any("table3.csv differs" in p for p in problems)
-    assert R.main(["--check", "--runs", str(synthetic_runs), "--out", str(out)]) == 1
+    assert any("README.md's headline block differs" in p for p in problems)
+    assert R.main(args) == 1
     assert "make results" in capsys.readouterr().err
+
+
+def test_glance_figure_is_stamped_with_the_table_it_shows(synthetic_runs, tmp_path):
+    png = R.write_glance(synthetic_runs, tmp_path / "glance.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in R.check(synthetic_runs, tmp_path / "none", readme=None, glance=png) if "drawn from other runs" in p]
+    make_run(synthetic_runs, "xception", FOLDS)  # a new complete run: the figure is stale
+    assert [p for p in R.check(synthetic_runs, tmp_path / "none", readme=None, glance=png) if "drawn from other runs" in p]
 
 
 def test_check_reports_missing_csv(synthetic_runs, tmp_path):
@@ -200,9 +314,19 @@ def test_check_reports_missing_csv(synthetic_runs, tmp_path):
 
 
 def test_flipping_one_committed_prediction_changes_table2_and_csv(tmp_path):
-    """Nothing is hard-coded: one changed prediction in a committed fold moves the tables."""
+    """Nothing is hard-coded: one changed prediction in a committed fold moves the tables.
+
+    Uses the current MobileNet run once it is complete, the earlier generation until then
+    (its records given the registered weights, so that the tables accept them together)."""
     runs_copy = tmp_path / "runs"
-    shutil.copytree(RUNS, runs_copy, ignore=shutil.ignore_patterns("*.ipynb"))
+    current = R.is_complete(R.load_runs(RUNS).get("mobilenet"))
+    shutil.copytree(RUNS if current else RUNS.parent / "earlier-1426" / "runs", runs_copy,
+                    ignore=shutil.ignore_patterns("*.ipynb"))
+    if not current:
+        for path in runs_copy.glob("*/run.json"):
+            record = json.loads(path.read_text())
+            record["weights"] = registered(record["params"]["backbone"])
+            path.write_text(json.dumps(record))
     before = R.load_runs(runs_copy)
     t2_before, csv_before = R.table2(before), R.render(before)
 
@@ -217,7 +341,6 @@ def test_flipping_one_committed_prediction_changes_table2_and_csv(tmp_path):
     after = R.load_runs(runs_copy)
     t2_after, csv_after = R.table2(after), R.render(after)
     a, b = t2_before.set_index("backbone"), t2_after.set_index("backbone")
-    assert a.loc["mobilenet", "sensitivity_ours"] != b.loc["mobilenet", "sensitivity_ours"]
     assert abs(a.loc["mobilenet", "sensitivity_ours"] - b.loc["mobilenet", "sensitivity_ours"]) == pytest.approx(
         100 / 224)
     assert a.drop("mobilenet").equals(b.drop("mobilenet"))
@@ -226,21 +349,17 @@ def test_flipping_one_committed_prediction_changes_table2_and_csv(tmp_path):
     assert csv_before["table1.csv"] == csv_after["table1.csv"]
 
 
-def test_committed_csvs_match_committed_artifacts():
-    """results/*.csv are what `make results` writes from artifacts/runs (the book build checks this too)."""
-    assert R.check(RUNS, REPO / "results") == []
+def test_committed_results_match_committed_artifacts():
+    """results/*.csv, README's headline block and book/images/at_a_glance.png are what `make results`
+    writes from artifacts/runs (the book build checks this too)."""
+    assert R.check(RUNS, REPO / "results", readme=REPO / "README.md", glance=REPO / "book/images/at_a_glance.png") == []
 
 
-def test_gpu_log_and_cost(synthetic_runs, tmp_path):
-    log = tmp_path / "gpu.txt"
-    log.write_text("noise\n== --backbone mobilenet --weights w.h5 --out x : 181 s\n"
-                   "== --backbone vgg19 --out y : 57 s\n")
-    assert R.gpu_log_seconds(log) == {"mobilenet": 181.0, "vgg19": 57.0}
-    assert R.gpu_log_seconds(tmp_path / "absent.txt") == {}
-    cost = R.cost(R.load_runs(synthetic_runs), log).set_index("backbone")
+def test_cost(synthetic_runs):
+    cost = R.cost(R.load_runs(synthetic_runs)).set_index("backbone")
     assert cost.loc["mobilenet", "fold_wall_seconds"] == pytest.approx(8.0)
     assert cost.loc["mobilenet", "train_images_per_second"] == pytest.approx(2 * 10 * 2 / 6.0)
-    assert cost.loc["mobilenet", "log_seconds"] == 181.0
+    assert cost.loc["mobilenet", "folds"] == 2
     assert cost.loc["mobilenet", "device"] == "gpu: Test GPU"
 
 

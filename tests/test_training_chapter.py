@@ -18,12 +18,14 @@ H, W = 40, 53
 
 
 def _texts(nb):
-    """Every text an executed notebook shows: streams, plain text and markdown outputs."""
+    """Every text an executed notebook shows: streams, plain text and markdown outputs, and the
+    glued tables its {glue:md} directives show."""
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             if "text" in out:
                 yield out["text"]
-            for mime in ("text/plain", "text/markdown", "text/html"):
+            for mime in ("text/plain", "text/markdown", "text/html",
+                         "application/papermill.record/text/markdown"):  # tables glued for {glue:md}
                 if mime in out.get("data", {}):
                     yield out["data"][mime]
 

@@ -30,7 +30,7 @@ def plot_learning_curves(folds, metric="accuracy"):
     """Training and held-out-fold curves of every fold, one panel per metric."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.0), sharex=True)
+    fig, axes = plt.subplots(1, 2, figsize=(7.4, 3.0), sharex=True)
     for ax, m in zip(axes, ("loss", metric)):
         for f in folds:
             h = f["history"]
@@ -42,7 +42,7 @@ def plot_learning_curves(folds, metric="accuracy"):
         ax.set_xlabel("epoch")
         ax.set_ylabel(m)
         ax.grid(alpha=0.3)
-    axes[0].legend(frameon=False, fontsize=8)
+    axes[0].legend(frameon=False, fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -60,7 +60,7 @@ def plot_fold_scores(runs, metric="accuracy_3class", ax=None, reference=None, re
     rng = np.random.default_rng(0)
     for x, (name, summary) in enumerate(runs.items()):
         if summary is None:
-            ax.text(x, 50, "not run", ha="center", va="center", fontsize=8, color="grey", rotation=90)
+            ax.text(x, 50, "not run", ha="center", va="center", fontsize=9, color="grey", rotation=90)
             continue
         per_fold = 100 * np.asarray(summary["per_fold"][metric], dtype=float)
         ax.scatter(x + rng.uniform(-0.12, 0.12, len(per_fold)), per_fold, s=14, alpha=0.6, color="tab:blue")
@@ -68,10 +68,139 @@ def plot_fold_scores(runs, metric="accuracy_3class", ax=None, reference=None, re
     if reference is not None:
         ax.axhline(reference, ls="--", color="tab:red", lw=1, label=reference_label)
         if reference_label:
-            ax.legend(frameon=False, fontsize=8, loc="lower left")
-    ax.set_xticks(range(len(runs)), list(runs), rotation=rotation, ha="right" if rotation else "center", fontsize=8)
+            ax.legend(frameon=False, fontsize=9, loc="lower left")
+    ax.set_xticks(range(len(runs)), list(runs), rotation=rotation, ha="right" if rotation else "center", fontsize=9)
     names = {"accuracy_3class": "3-class accuracy", "accuracy_2class": "2-class accuracy"}
     ax.set_ylabel(f"{names.get(metric, metric)} (%)")
     ax.set_ylim(0, 101)
     ax.grid(axis="y", alpha=0.3)
     return ax
+
+
+#: Colour and marker of each kind of initialisation (forest plot, ROC).
+INIT_STYLE = {"ImageNet": ("tab:blue", "o"), "ImageNet, partial": ("tab:green", "s"), "random": ("tab:red", "^")}
+
+
+def init_kind(label: str) -> str:
+    """'ImageNet', 'ImageNet, partial' or 'random' for a ``models.init_label`` string.
+
+    >>> init_kind("ImageNet, partial: block14 trained from scratch"), init_kind("ImageNet (8-bit, complete)")
+    ('ImageNet, partial', 'ImageNet')
+    """
+    if label.startswith("random"):
+        return "random"
+    return "ImageNet, partial" if "partial" in label else "ImageNet"
+
+
+def plot_forest(t2, runs=None, width=7.4):
+    """Results at a glance: one panel per Table 2 metric, one row per backbone; ours as a
+    point with its 95 % interval (coloured by initialisation), the paper's value as a
+    black cross. A backbone without a complete run shows its folds done instead.
+
+    ``t2`` is :func:`xray_transfer.results.table2`; ``runs`` (optional) gives the folds
+    done of unfinished runs.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    metrics = [("accuracy_2class", "2-class accuracy"), ("accuracy_3class", "3-class accuracy"),
+               ("sensitivity", "Sensitivity (COVID-19)"), ("specificity", "Specificity (COVID-19)")]
+    n = len(t2)
+    with plt.rc_context({"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10,
+                         "xtick.labelsize": 9, "ytick.labelsize": 10, "legend.fontsize": 9}):
+        fig, axes = plt.subplots(2, 2, figsize=(width, 0.42 * n * 2 + 2.0), sharey=True)
+        y = np.arange(n)[::-1]
+        kinds = set()
+        for ax, (key, title) in zip(axes.flat, metrics):
+            for yi, (_, r) in zip(y, t2.iterrows()):
+                ax.plot(r[f"{key}_paper"], yi, marker="x", color="black", ms=7, mew=1.6, ls="none", zorder=3)
+                if np.isnan(r[f"{key}_ours"]):
+                    run = (runs or {}).get(r["backbone"])
+                    done = (f"{len(run['folds'])} of {run['record']['params']['n_splits']} folds" if run
+                            else "no complete run yet" if runs is None else "not run")
+                    ax.text(50, yi + 0.28, done, ha="center", va="center", fontsize=9, color="0.35")
+                    continue
+                kind = init_kind(r["initialisation"])
+                kinds.add(kind)
+                color, marker = INIT_STYLE[kind]
+                lo, hi = r[f"{key}_ci_low"], r[f"{key}_ci_high"]
+                ax.errorbar(r[f"{key}_ours"], yi, xerr=[[max(0.0, r[f"{key}_ours"] - lo)], [max(0.0, hi - r[f"{key}_ours"])]],
+                            fmt=marker, color=color, ms=6, capsize=3, lw=1.4, zorder=4)
+            ax.set_title(title)
+            ax.set_xlim(-3, 103)
+            ax.set_ylim(-0.6, n - 0.4)
+            ax.grid(axis="x", alpha=0.3)
+            ax.set_xlabel("%")
+        axes[0, 0].set_yticks(y, list(t2["network"]))
+        handles = [Line2D([], [], color=INIT_STYLE[k][0], marker=INIT_STYLE[k][1], ls="-", label=f"ours, {k} start")
+                   for k in INIT_STYLE if k in kinds]
+        handles.append(Line2D([], [], color="black", marker="x", ls="none", mew=1.6, label="paper"))
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False,
+                   bbox_to_anchor=(0.5, 0.0))
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def plot_confusion_grid(cms, names, notes=None, ncols=3, width=7.4):
+    """Pooled 3x3 confusion matrices as a grid of readable panels (counts, rows true).
+
+    ``cms`` maps a key to its matrix, ``names`` every key to its panel title; a key
+    without a matrix shows its entry of ``notes`` (e.g. '3 of 10 folds') instead.
+    """
+    import matplotlib.pyplot as plt
+
+    keys = list(names)
+    nrows = int(np.ceil(len(keys) / ncols))
+    with plt.rc_context({"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10,
+                         "xtick.labelsize": 9, "ytick.labelsize": 9}):
+        fig, axes = plt.subplots(nrows, ncols, figsize=(width, 2.55 * nrows), squeeze=False)
+        for ax, key in zip(axes.flat, keys):
+            if key in cms:
+                plot_confusion(cms[key], ax=ax, title=names[key])
+            else:
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, f"{names[key]}\n{(notes or {}).get(key, 'not run')}", ha="center", va="center",
+                        transform=ax.transAxes)
+        for ax in list(axes.flat)[len(keys):]:
+            ax.set_axis_off()
+        fig.tight_layout()
+    return fig
+
+
+def plot_roc(curves, names, paper_points=None, width=7.4, ncols=3):
+    """ROC curves of COVID-19 against the rest, one panel per backbone, with AUC and its
+    95 % interval; our argmax operating point (filled) and the paper's (cross).
+
+    ``curves`` maps a key to :func:`xray_transfer.results.roc`; ``paper_points`` maps a
+    key to the paper's (sensitivity, specificity) in percent.
+    """
+    import matplotlib.pyplot as plt
+
+    keys = list(curves)
+    nrows = max(1, int(np.ceil(len(keys) / ncols)))
+    with plt.rc_context({"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10,
+                         "xtick.labelsize": 9, "ytick.labelsize": 9, "legend.fontsize": 9}):
+        fig, axes = plt.subplots(nrows, ncols, figsize=(width, 2.6 * nrows + 0.4), squeeze=False)
+        for ax, key in zip(axes.flat, keys):
+            c = curves[key]
+            lo, hi = c["auc_ci"]
+            ax.plot(100 * c["fpr"], 100 * c["tpr"], color="tab:blue", lw=1.5)
+            ax.plot([0, 100], [0, 100], color="0.7", lw=0.8, ls="--")
+            ax.plot(100 * (1 - c["specificity"]), 100 * c["sensitivity"], "o", color="tab:blue", ms=6)
+            if paper_points and key in paper_points:
+                sens, spec = paper_points[key]
+                ax.plot(100 - spec, sens, "x", color="black", ms=7, mew=1.6)
+            ax.set_title(f"{names[key]}\nAUC {c['auc']:.3f} ({lo:.3f}\u2013{hi:.3f})")
+            ax.set_xlim(-2, 102)
+            ax.set_ylim(-2, 102)
+            ax.set_xlabel("1 \u2212 specificity (%)")
+            ax.set_ylabel("sensitivity (%)")
+            ax.set_aspect("equal")
+        for ax in list(axes.flat)[len(keys):]:
+            ax.set_axis_off()
+        from matplotlib.lines import Line2D
+        fig.legend(handles=[Line2D([], [], color="tab:blue", marker="o", label="ours: ROC, argmax decision"),
+                            Line2D([], [], color="black", marker="x", ls="none", mew=1.6, label="paper's operating point")],
+                   loc="lower center", ncol=2, frameon=False)
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig

@@ -1,13 +1,17 @@
 """Tables 1-3 of the paper, rebuilt from the committed run artifacts, beside the published values.
 
 Reads ``artifacts/runs/<backbone>/`` (``run.json`` and ``fold-XX.json``) only: no
-data, no Keras, no GPU. A backbone without a folder, or without a finished fold, is
-a row marked ``not run``; its "ours" cells stay empty, never a placeholder number.
+data, no Keras, no GPU. Only *complete* runs (every fold finished) give numbers; an
+unfinished run is a row saying "k of 10 folds", a missing one "not run", and their
+"ours" cells stay empty, never a placeholder number. A table never mixes runs made on
+different datasets (manifest SHA-256) or from a different weights policy:
+:func:`one_generation` refuses them, naming the runs.
 
 Command line::
 
-    python -m xray_transfer.results --write   # regenerate results/table{1,2,3}.csv
-    python -m xray_transfer.results --check   # exit 1 if results/*.csv are stale
+    python -m xray_transfer.results --write   # regenerate results/table{1,2,3}.csv, the README block
+    python -m xray_transfer.results --check   # exit 1 if those are stale
+    python -m xray_transfer.results --glance book/images/at_a_glance.png   # the at-a-glance figure
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import pandas as pd
 
 from . import paper
 from .metrics import pooled
-from .models import TABLE1, get_backbone
+from .models import OFFLINE_WEIGHTS, TABLE1, get_backbone, init_label
 from .train import load_folds
 
 #: Backbone keys in the paper's order (Table 1).
@@ -36,10 +40,12 @@ METRIC_NAMES = {"accuracy_2class": "2-class accuracy", "accuracy_3class": "3-cla
 ASTERISK_NOTE = ("* marked by the authors: high specificity that is not acceptable in real life, "
                  "because of the class imbalance (the network rarely predicts COVID-19)")
 NOT_RUN = "not run"
+NOT_COMPLETE = "not complete"
 #: Float format of the CSV files: fixed decimals keep --write byte-stable.
 FLOAT_FORMAT = "%.4f"
 TABLE_FILES = ("table1.csv", "table2.csv", "table3.csv")
-_GPU_LOG = re.compile(r"^== --backbone (\S+)\b.*:\s*([0-9.]+)\s*s\s*$")
+#: Markers of the generated block of README.md (headline numbers).
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 # --------------------------------------------------------------------------- loading
@@ -93,33 +99,32 @@ def status(run) -> str:
     return "full protocol" if rec.get("full_protocol") else "reduced settings"
 
 
-def weights_start(record) -> str:
-    """How the backbone was initialised, from ``run.json``'s ``weights`` block.
+def table_status(run) -> str:
+    """The status the tables and CSV files record: :func:`status` for a complete run,
+    'not complete' for one still running (its folds done are left out, so that the
+    files change only when a run completes), 'not run' without a folder."""
+    if run is None:
+        return NOT_RUN
+    return status(run) if is_complete(run) else NOT_COMPLETE
 
-    >>> weights_start({"weights": {"kind": "none"}})
-    'none (random)'
-    >>> weights_start({"weights": {"kind": "partial imagenet file", "missing_tensors": ["a/kernel (3, 3)"]}})
-    'partial ImageNet (missing: a/kernel (3, 3))'
+
+def is_complete(run) -> bool:
+    """True when every fold of the run has finished (only such runs enter Tables 2 and 3)."""
+    return run is not None and len(run["folds"]) == run["record"]["params"]["n_splits"]
+
+
+def folds_label(run) -> str:
+    """'k of n folds' for a run, '' when there is none.
+
+    >>> folds_label({"record": {"params": {"n_splits": 10}}, "folds": [{}, {}, {}]})
+    '3 of 10 folds'
     """
-    w = record.get("weights") or {}
-    kind = w.get("kind")
-    if kind == "none":
-        return "none (random)"
-    if kind == "imagenet (keras download)" or w.get("complete_imagenet") is True:
-        return "complete ImageNet"
-    if kind == "partial imagenet file":
-        missing = w.get("missing_tensors") or ["unlisted tensors"]
-        return f"partial ImageNet (missing: {'; '.join(missing)})"
-    if kind == "file":
-        return f"file {w.get('file')} (completeness unknown)"
-    return f"unknown ({kind})"
+    return "" if run is None else f"{len(run['folds'])} of {run['record']['params']['n_splits']} folds"
 
 
-def weights_short(record) -> str:
-    """One word for tables: 'ImageNet', 'partial ImageNet' or 'random'."""
-    kind = (record.get("weights") or {}).get("kind")
-    return {"none": "random", "partial imagenet file": "partial ImageNet",
-            "imagenet (keras download)": "ImageNet"}.get(kind, str(kind))
+def initialisation(run) -> str:
+    """How the run's backbone was initialised, in the reader's words (:func:`models.init_label`)."""
+    return "" if run is None else init_label(run["record"].get("weights"))
 
 
 def commit(record) -> str:
@@ -127,6 +132,61 @@ def commit(record) -> str:
     git = (record.get("environment") or {}).get("git") or {}
     sha = git.get("commit") or "unknown"
     return sha + ("+dirty" if git.get("dirty") else "")
+
+
+def manifest(record) -> str:
+    """The SHA-256 of the dataset manifest a run was made on ('' if unrecorded)."""
+    return (record.get("dataset") or {}).get("manifest_sha256") or ""
+
+
+def weights_policy(key, record) -> str:
+    """Which kind of start a run had, comparable across backbones.
+
+    'registered': the file registered for the backbone in ``models.OFFLINE_WEIGHTS``
+    (or random weights where none is registered); "Keras' ImageNet": the online
+    download; otherwise 'other: <label>'.
+
+    >>> weights_policy("inception_resnet_v2", {"weights": {"kind": "none"}})
+    'registered'
+    >>> weights_policy("vgg19", {"weights": {"kind": "none"}})
+    'other: random'
+    """
+    w = record.get("weights") or {}
+    reg = OFFLINE_WEIGHTS.get(key)
+    if w.get("kind") == "imagenet (keras download)":
+        return "Keras' ImageNet"
+    if (reg is None and w.get("kind") == "none") or (reg is not None and w.get("sha256") == reg.sha256):
+        return "registered"
+    return f"other: {init_label(w)}"
+
+
+class MixedRunsError(ValueError):
+    """Runs of different datasets or starting weights were asked to share a table."""
+
+
+def one_generation(runs, what="these tables", weights=True) -> None:
+    """Refuse to tabulate runs made on different datasets or from a different weights policy.
+
+    Raises
+    ------
+    MixedRunsError
+        Naming every run folder by its manifest hash (and weights policy).
+    """
+    problems = []
+    checks = [("datasets", lambda k, r: f"manifest {manifest(r['record'])[:12] or 'unrecorded'}")]
+    if weights:
+        checks.append(("starting weights", lambda k, r: weights_policy(k, r["record"])))
+    for name, key_of in checks:
+        groups = {}
+        for k, r in runs.items():
+            groups.setdefault(key_of(k, r), []).append(str(r["path"]))
+        if len(groups) > 1:
+            problems.append(f"different {name} (" + "; ".join(f"{g}: {', '.join(p)}" for g, p in groups.items())
+                            + ")")
+    if problems:
+        raise MixedRunsError(f"{what} would mix runs made on " + " and on ".join(problems)
+                             + ". Keep one generation per runs folder: move the other runs to "
+                             "artifacts/earlier-<n>/runs, or re-run them.")
 
 
 def classifier(hidden) -> str:
@@ -143,14 +203,9 @@ def classifier(hidden) -> str:
 
 
 def _provenance(run) -> dict:
-    if run is None:
+    if not is_complete(run):
         return {"commit": "", "manifest_sha256": ""}
-    rec = run["record"]
-    return {"commit": commit(rec), "manifest_sha256": (rec.get("dataset") or {}).get("manifest_sha256", "")}
-
-
-def _done(run) -> bool:
-    return run is not None and bool(run["folds"])
+    return {"commit": commit(run["record"]), "manifest_sha256": manifest(run["record"])}
 
 
 # --------------------------------------------------------------------------- tables
@@ -161,11 +216,12 @@ def table1(runs) -> pd.DataFrame:
     ours from the registry the run was built with and from ``run.json``'s ``params``
     (dropout, learning rate, epochs, batch size, input size, pooling) and ``weights``.
     """
+    one_generation(runs, "Table 1")
     rows = []
     for spec in TABLE1:
         run = runs.get(spec.key)
         two = len(spec.hidden) == 2
-        row = {"backbone": spec.key, "network": spec.name, "status": status(run),
+        row = {"backbone": spec.key, "network": spec.name, "status": table_status(run),
                "weights_paper": "ImageNet", "weights_ours": "",
                "cutoff_paper": spec.cutoff, "cutoff_ours": pd.NA,
                "classifier_paper": classifier(spec.hidden), "classifier_ours": "",
@@ -180,7 +236,7 @@ def table1(runs) -> pd.DataFrame:
         if run is not None:
             p = run["record"]["params"]
             h, w = p["image_size"]
-            row.update({"weights_ours": weights_start(run["record"]), "cutoff_ours": spec.cutoff,
+            row.update({"weights_ours": initialisation(run), "cutoff_ours": spec.cutoff,
                         "classifier_ours": classifier(spec.hidden),
                         "dropout_ours": f"{p['dropout']:g}" if two else "none",
                         "optimizer_ours": "Adam", "learning_rate_ours": f"{p['learning_rate']:g}",
@@ -197,15 +253,19 @@ def table1(runs) -> pd.DataFrame:
     return df
 
 
-def table2(runs) -> pd.DataFrame:
-    """Table 2 in percent: ours pooled over the test folds, with 95 % Wilson interval and
-    per-fold SD, beside the paper's value and the difference (ours - paper, points)."""
+def table2(runs, check=True) -> pd.DataFrame:
+    """Table 2 in percent: ours pooled over the test folds of each *complete* run, with
+    95 % Wilson interval and per-fold SD, beside the paper's value and the difference
+    (ours - paper, points). ``check=False`` skips :func:`one_generation` (for a
+    generation that is shown only beside another, e.g. the earlier runs)."""
+    if check:
+        one_generation(runs, "Table 2")
     rows = []
     for spec in TABLE1:
         run = runs.get(spec.key)
-        row = {"backbone": spec.key, "network": spec.name, "status": status(run),
-               "weights": weights_short(run["record"]) if run else "", "n_images": pd.NA, "n_folds": pd.NA}
-        m = pooled(run["folds"]) if _done(run) else None
+        row = {"backbone": spec.key, "network": spec.name, "status": table_status(run),
+               "initialisation": initialisation(run), "n_images": pd.NA, "n_folds": pd.NA}
+        m = pooled(run["folds"]) if is_complete(run) else None
         if m is not None:
             row.update(n_images=m["n"], n_folds=m["n_folds"])
         pub = paper.TABLE2[spec.key]
@@ -229,13 +289,14 @@ def table2(runs) -> pd.DataFrame:
 
 
 def table3(runs) -> pd.DataFrame:
-    """Table 3: COVID-19 vs rest counts pooled over the folds; ours for all five, the paper's for two."""
+    """Table 3: COVID-19 vs rest counts pooled over the folds of each complete run; the paper's for two."""
+    one_generation(runs, "Table 3")
     rows = []
     for spec in TABLE1:
         run = runs.get(spec.key)
-        row = {"backbone": spec.key, "network": spec.name, "status": status(run),
-               "weights": weights_short(run["record"]) if run else ""}
-        m = pooled(run["folds"]) if _done(run) else None
+        row = {"backbone": spec.key, "network": spec.name, "status": table_status(run),
+               "initialisation": initialisation(run)}
+        m = pooled(run["folds"]) if is_complete(run) else None
         pub = paper.TABLE3.get(spec.key)
         for k in ("TP", "FP", "TN", "FN"):
             row[f"{k}_ours"] = m[k] if m else pd.NA
@@ -253,87 +314,271 @@ def table3(runs) -> pd.DataFrame:
 
 
 def confusions(runs) -> dict:
-    """Pooled 3x3 confusion matrix (rows true; covid, normal, pneumonia) of every run with folds."""
-    return {k: pooled(r["folds"])["confusion"] for k, r in runs.items() if _done(r)}
+    """Pooled 3x3 confusion matrix (rows true; covid, normal, pneumonia) of every complete run."""
+    return {k: pooled(r["folds"])["confusion"] for k, r in runs.items() if is_complete(r)}
+
+
+def auc_interval(auc, n_pos, n_neg, z=1.959963984540054) -> tuple[float, float]:
+    """95 % interval of an ROC AUC from its standard error (Hanley & McNeil 1982).
+
+    >>> [round(v, 4) for v in auc_interval(0.9, 50, 100)]
+    [0.8398, 0.9602]
+    """
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    se = math.sqrt((auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc))
+                   / (n_pos * n_neg))
+    return (max(0.0, auc - z * se), min(1.0, auc + z * se))
+
+
+def roc(run) -> dict:
+    """ROC of COVID-19 against the rest from a run's stored probabilities (``probs[:, 0]``).
+
+    Returns ``fpr``, ``tpr``, ``auc`` and ``auc_ci`` (95 %), and the operating point of
+    the argmax decision the tables use (``sensitivity``, ``specificity``, fractions).
+    """
+    import numpy as np
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    y = np.concatenate([np.asarray(f["y_true"]) for f in run["folds"]]) == 0
+    probs = np.concatenate([np.asarray(f["probs"], dtype=float) for f in run["folds"]])
+    score = probs[:, 0]
+    fpr, tpr, _ = roc_curve(y, score)
+    auc = float(roc_auc_score(y, score))
+    called = probs.argmax(1) == 0
+    return {"fpr": fpr, "tpr": tpr, "auc": auc, "auc_ci": auc_interval(auc, int(y.sum()), int((~y).sum())),
+            "sensitivity": float(called[y].mean()), "specificity": float((~called[~y]).mean())}
+
+
+def comparison(earlier, current) -> pd.DataFrame:
+    """How each Table 2 row moved between two generations of runs, for the backbones
+    complete in both: the initialisation and the four metrics (percent) of each, and
+    the change (now - earlier, points). Each generation must be of one dataset."""
+    one_generation(earlier, "The earlier generation", weights=False)
+    one_generation(current, "The current generation")
+    a, b = table2(earlier, check=False).set_index("backbone"), table2(current).set_index("backbone")
+    rows = []
+    for spec in TABLE1:
+        if not (is_complete(earlier.get(spec.key)) and is_complete(current.get(spec.key))):
+            continue
+        row = {"backbone": spec.key, "network": spec.name, "initialisation_earlier": a.loc[spec.key, "initialisation"],
+               "initialisation_now": b.loc[spec.key, "initialisation"],
+               "n_images_earlier": a.loc[spec.key, "n_images"], "n_images_now": b.loc[spec.key, "n_images"]}
+        for k in METRICS:
+            row.update({f"{k}_earlier": a.loc[spec.key, f"{k}_ours"], f"{k}_now": b.loc[spec.key, f"{k}_ours"],
+                        f"{k}_change_pp": b.loc[spec.key, f"{k}_ours"] - a.loc[spec.key, f"{k}_ours"]})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["backbone", "network", "initialisation_earlier", "initialisation_now",
+                                       "n_images_earlier", "n_images_now"]
+                        + [f"{k}_{s}" for k in METRICS for s in ("earlier", "now", "change_pp")])
+
+
+def weights_table() -> pd.DataFrame:
+    """The registered offline weights per backbone: file, label, what differs from Keras'
+    own ImageNet weights, why we believe the file is ImageNet, and its SHA-256."""
+    rows = []
+    for spec in TABLE1:
+        reg = OFFLINE_WEIGHTS.get(spec.key)
+        rows.append({"backbone": spec.key, "network": spec.name,
+                     "file": reg.file if reg else "", "label": reg.label if reg else init_label({"kind": "none"}),
+                     "differs": reg.differs if reg else "no ImageNet weights are available offline: every "
+                                                          "weight starts from Keras' random initializer",
+                     "evidence": reg.evidence if reg else "", "sha256": reg.sha256 if reg else ""})
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- display helpers
-def fmt_estimate(ours, lo, hi, sd) -> str:
-    """'97.77 [96.83, 98.44] SD 1.21' or '' when not run ('SD n/a' with a single fold).
+DASH = "\u2013"
 
-    >>> fmt_estimate(97.774, 96.83, 98.444, 1.212)
-    '97.77 [96.83, 98.44] SD 1.21'
+
+def pct(value, sign=False) -> str:
+    """Percent with one decimal, or a dash for a missing value.
+
+    >>> pct(97.774), pct(-3.09, sign=True), pct(float("nan"))
+    ('97.8', '−3.1', '–')
     """
-    if ours is None or (isinstance(ours, float) and math.isnan(ours)):
-        return ""
-    spread = "n/a" if sd is None or math.isnan(sd) else f"{sd:.2f}"
-    return f"{ours:.2f} [{lo:.2f}, {hi:.2f}] SD {spread}"
+    if value is None or pd.isna(value):
+        return DASH
+    text = f"{value:+.1f}" if sign else f"{value:.1f}"
+    return text.replace("-", "\u2212")
 
 
-def table2_display(t2: pd.DataFrame) -> pd.DataFrame:
-    """Table 2 for reading: per metric ours (95 % CI, per-fold SD), the paper's value, the difference."""
-    out = pd.DataFrame({"network": t2["network"], "weights": t2["weights"].replace("", "-"),
-                        "status": t2["status"]})
-    cols = {}
+def short_hash(sha, n=12) -> str:
+    """A long hash shortened for a table cell, as git shortens commits: its first ``n`` characters.
+
+    >>> short_hash("5b3032734b2c671a168233ff664d1646dd8e42324e9dbffe5b8bfc0b9ed0f971")
+    '5b3032734b2c'
+    """
+    return sha[:n] if sha else DASH
+
+
+def breakable(name: str) -> str:
+    """A long file name that a table cell may wrap after '_' and '.' (HTML ``<wbr>``).
+
+    >>> breakable("a_b.h5")
+    'a_<wbr>b.<wbr>h5'
+    """
+    return re.sub(r"([_.])", r"\1<wbr>", name)
+
+
+def _cell(value) -> str:
+    """A table cell: a dash for a missing value, a blank for an empty string (a grouped row)."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return DASH
+    return (str(value) or "\u00a0").replace("\n", " ")
+
+
+def md_table(df: pd.DataFrame, caption: str, name: str, notes=(), widths=None) -> str:
+    """A MyST ``list-table`` (numbered "Table n.m" by Sphinx, referable as ``{numref}`name```)
+    with the DataFrame's columns as one header row, and notes below it.
+
+    Missing values become a dash; give a note that says what the dash means.
+    """
+    lines = [f":::{{list-table}} {caption}", f":name: {name}", ":header-rows: 1", ":class: xray-table"]
+    if widths:
+        lines.append(f":widths: {' '.join(str(w) for w in widths)}")
+    lines.append("")
+    for row in [list(df.columns)] + df.values.tolist():
+        lines.append(f"* - {_cell(row[0])}")
+        lines.extend(f"  - {_cell(v)}" for v in row[1:])
+    lines.append(":::")
+    if notes:
+        lines.append("")
+        lines.append(":::{div} table-notes")
+        lines.extend(notes)
+        lines.append(":::")
+    return "\n".join(lines) + "\n"
+
+
+def glance_display(t2: pd.DataFrame) -> pd.DataFrame:
+    """The five-row table at a glance: per network its initialisation and 'ours / paper'
+    for the four metrics (percent; the paper's as printed)."""
+    out = pd.DataFrame({"Network": t2["network"], "Initialisation": t2["initialisation"].replace("", NOT_RUN)})
     for k in METRICS:
-        name = METRIC_NAMES[k]
-        cols[(name, "ours [95% CI] SD")] = [
-            fmt_estimate(r[f"{k}_ours"], r[f"{k}_ci_low"], r[f"{k}_ci_high"], r[f"{k}_fold_sd"]) or NOT_RUN
-            for _, r in t2.iterrows()]
-        cols[(name, "paper")] = [f"{r[f'{k}_paper']:.2f}" + (r["paper_asterisk"] if k == "specificity" else "")
-                                 for _, r in t2.iterrows()]
-        cols[(name, "diff (pp)")] = ["" if math.isnan(r[f"{k}_diff_pp"]) else f"{r[f'{k}_diff_pp']:+.2f}"
-                                     for _, r in t2.iterrows()]
-    body = pd.DataFrame(cols)
-    body.columns = pd.MultiIndex.from_tuples(body.columns)
-    out.columns = pd.MultiIndex.from_tuples([(c, "") for c in out.columns])
-    return pd.concat([out, body], axis=1)
+        out[f"{METRIC_NAMES[k].capitalize()} (%)"] = [
+            f"{pct(r[f'{k}_ours'])} / {r[f'{k}_paper']:.2f}" for _, r in t2.iterrows()]
+    return out
+
+
+def table2_display(t2: pd.DataFrame, runs=None) -> pd.DataFrame:
+    """Table 2 for reading, one row per network and metric: ours, its 95 % interval, the
+    per-fold SD, the paper's value and the difference, in percent with one decimal.
+    Unfinished runs show a dash and say how many folds are done."""
+    rows = []
+    for _, r in t2.iterrows():
+        run = (runs or {}).get(r["backbone"])
+        for i, k in enumerate(METRICS):
+            first = i == 0
+            done = not pd.isna(r[f"{k}_ours"])
+            who = f"{r['network']}: {r['initialisation'] or NOT_RUN}" if first else ""
+            if first and not done and run is not None:
+                who += f" ({folds_label(run)})"
+            rows.append({"Network: initialisation": who, "Metric": METRIC_NAMES[k],
+                         "Ours (%)": pct(r[f"{k}_ours"]),
+                         "95 % interval": f"{pct(r[f'{k}_ci_low'])}{DASH}{pct(r[f'{k}_ci_high'])}" if done else DASH,
+                         "Fold SD (pp)": pct(r[f"{k}_fold_sd"]),
+                         "Paper (%)": f"{r[f'{k}_paper']:.2f}" + (r["paper_asterisk"] if k == "specificity" else ""),
+                         "Difference (pp)": pct(r[f"{k}_diff_pp"], sign=True)})
+    return pd.DataFrame(rows)
 
 
 def table1_display(t1: pd.DataFrame) -> pd.DataFrame:
-    """Table 1 for reading: one row per setting (paper, then ours), one column per network."""
-    settings = [("weights", "initial weights"), ("cutoff", "layer cutoff"), ("classifier", "classifier"),
-                ("dropout", "dropout"), ("optimizer", "optimizer"), ("learning_rate", "learning rate"),
-                ("epochs", "epochs"), ("batch_size", "batch size"), ("input_size", "input size (HxW)"),
-                ("pooling", "pooling"), ("folds", "cross-validation folds")]
-    data = {}
+    """Table 1 for reading: one row per setting (paper, then ours), one column per network;
+    a dash where a backbone has no run."""
+    settings = [("weights", "Initial weights"), ("cutoff", "Layer cutoff"), ("classifier", "Classifier"),
+                ("dropout", "Dropout"), ("optimizer", "Optimizer"), ("learning_rate", "Learning rate"),
+                ("epochs", "Epochs"), ("batch_size", "Batch size"), ("input_size", "Input size (HxW)"),
+                ("pooling", "Pooling"), ("folds", "Cross-validation folds")]
+    rows = []
     for key, label in settings:
         for who in ("paper", "ours"):
-            data[(label, who)] = ["" if pd.isna(v) else str(v) for v in t1[f"{key}_{who}"]]
-    data[("run", "status")] = list(t1["status"])
-    df = pd.DataFrame(data, index=t1["network"]).T
-    df.index = pd.MultiIndex.from_tuples(df.index, names=["setting", "source"])
-    df.columns.name = None
-    return df
+            rows.append({"Setting": label if who == "paper" else "", "Source": who,
+                         **{n: DASH if pd.isna(v) or v == "" else str(v)
+                            for n, v in zip(t1["network"], t1[f"{key}_{who}"])}})
+    return pd.DataFrame(rows)
 
 
 def table3_display(t3: pd.DataFrame) -> pd.DataFrame:
-    """Table 3 for reading: ours and the paper's TP, FP, TN, FN side by side."""
-    cols = {("", "network"): t3["network"], ("", "weights"): t3["weights"].replace("", "-"),
-            ("", "status"): t3["status"]}
-    for who in ("ours", "paper"):
-        for k in ("TP", "FP", "TN", "FN", "n"):
-            cols[(who, k)] = ["" if pd.isna(v) else str(int(v)) for v in t3[f"{k}_{who}"]]
-    df = pd.DataFrame(cols)
-    df.columns = pd.MultiIndex.from_tuples(df.columns)
-    return df
+    """Table 3 for reading: per network ours, then the paper's TP, FP, TN, FN and total."""
+    rows = []
+    for _, r in t3.iterrows():
+        for who in ("ours", "paper"):
+            rows.append({"Network": r["network"] if who == "ours" else "", "Source": who,
+                         **{k if k != "n" else "Images": DASH if pd.isna(r[f"{k}_{who}"]) else str(int(r[f"{k}_{who}"]))
+                            for k in ("TP", "FP", "TN", "FN", "n")}})
+    return pd.DataFrame(rows)
+
+
+def comparison_display(cmp: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """How each row moved, as two tables that fit a column: the initialisation of each
+    generation, and 'earlier → now (change)' per metric."""
+    inits = pd.DataFrame({"Network": cmp["network"], "Earlier initialisation": cmp["initialisation_earlier"],
+                          "Current initialisation": cmp["initialisation_now"]})
+    moved = pd.DataFrame({"Network": cmp["network"]})
+    for k in METRICS:
+        moved[f"{METRIC_NAMES[k].capitalize()} (%)"] = [
+            f"{pct(r[f'{k}_earlier'])} \u2192 {pct(r[f'{k}_now'])} ({pct(r[f'{k}_change_pp'], sign=True)})"
+            for _, r in cmp.iterrows()]
+    return inits, moved
+
+
+def largest_gaps(t2: pd.DataFrame, n=3) -> list[tuple]:
+    """The ``n`` largest |ours - paper| differences of complete runs: (network, metric, ours, paper, diff)."""
+    gaps = [(r["network"], METRIC_NAMES[k], r[f"{k}_ours"], r[f"{k}_paper"], r[f"{k}_diff_pp"])
+            for _, r in t2.iterrows() for k in METRICS if not pd.isna(r[f"{k}_diff_pp"])]
+    return sorted(gaps, key=lambda g: -abs(g[4]))[:n]
+
+
+def headline(t2: pd.DataFrame, runs, folds=True) -> str:
+    """Sentences that state what the tables show, generated from their numbers: how many
+    runs are complete, and the largest differences from the paper first. ``folds=False``
+    leaves out the folds done of unfinished runs (for files that change only when a run
+    completes)."""
+    done = [r["network"] for _, r in t2.iterrows() if not pd.isna(r["accuracy_3class_ours"])]
+    pending = [get_backbone(k).name + (f" ({folds_label(r)})" if folds else "")
+               for k, r in runs.items() if not is_complete(r)]
+    missing = [s.name for s in TABLE1 if s.key not in runs]
+    out = [f"{len(done)} of {len(TABLE1)} backbones have a complete re-run"
+           + (f" ({listing(done)})." if done else ".")]
+    if pending:
+        out.append(f"Still running: {listing(pending)}; these rows show only the paper's values until every "
+                   "fold is done.")
+    if missing:
+        out.append(f"Not started: {listing(missing)}.")
+    gaps = largest_gaps(t2)
+    if gaps:
+        out.append("Largest differences from the paper: " + "; ".join(
+            f"{net} {metric} {pct(ours)} % against {pub:.2f} % ({pct(d, sign=True)} pp)"
+            for net, metric, ours, pub, d in gaps) + ".")
+    return " ".join(out)
+
+
+def listing(items) -> str:
+    """'a', 'a and b', 'a, b and c'.
+
+    >>> listing(["a", "b", "c"])
+    'a, b and c'
+    """
+    items = list(items)
+    if not items:
+        return "none"
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 # --------------------------------------------------------------------------- learning curves, cost
 def learning_summary(runs) -> pd.DataFrame:
-    """Per run: final-epoch training and held-out accuracy (mean over folds) and how
-    concentrated the held-out predictions are (share of the most predicted class)."""
+    """Per complete run: final-epoch training and held-out accuracy (mean over folds) and
+    how concentrated the held-out predictions are (share of the most predicted class)."""
     import numpy as np
 
     rows = []
     for key, run in runs.items():
-        if not _done(run):
+        if not is_complete(run):
             continue
         folds = run["folds"]
         preds = np.concatenate([np.asarray(f["probs"]).argmax(1) for f in folds])
         counts = np.bincount(preds, minlength=3)
         true = np.concatenate([f["y_true"] for f in folds])
-        rows.append({"backbone": key, "network": get_backbone(key).name, "weights": weights_short(run["record"]),
+        rows.append({"backbone": key, "network": get_backbone(key).name, "initialisation": initialisation(run),
                      "train_accuracy_final": float(np.mean([f["history"]["accuracy"][-1] for f in folds])),
                      "train_accuracy_max": float(np.max([max(f["history"]["accuracy"]) for f in folds])),
                      "heldout_accuracy_final": float(np.mean([f["history"]["test_accuracy"][-1] for f in folds])),
@@ -343,22 +588,8 @@ def learning_summary(runs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def gpu_log_seconds(path) -> dict:
-    """Wall seconds per backbone from a GPU log's '== --backbone X ... : N s' lines."""
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    out = {}
-    for line in path.read_text(errors="replace").splitlines():
-        m = _GPU_LOG.match(line.strip())
-        if m:
-            out[m.group(1)] = float(m.group(2))
-    return out
-
-
-def cost(runs, gpu_log=None) -> pd.DataFrame:
-    """Reproduction cost per run: device, fold wall time, setup, fit throughput, fast path."""
-    logged = gpu_log_seconds(gpu_log) if gpu_log else {}
+def cost(runs) -> pd.DataFrame:
+    """Reproduction cost per run: device, folds done, fold wall time, setup, fit throughput, fast path."""
     rows = []
     for key, run in runs.items():
         rec, folds = run["record"], run["folds"]
@@ -368,7 +599,7 @@ def cost(runs, gpu_log=None) -> pd.DataFrame:
                "device": env.get("device", ""), "backend": env.get("backend", ""), "folds": len(folds),
                "fast_path": fc.get("used"), "setup_seconds": fc.get("setup_seconds"),
                "fold_wall_seconds": math.nan, "fit_seconds": math.nan, "train_images_per_second": math.nan,
-               "median_fold_images_per_second": math.nan, "log_seconds": logged.get(key, math.nan)}
+               "median_fold_images_per_second": math.nan}
         if folds:
             import numpy as np
             fit = sum(f["timing"]["fit_seconds"] for f in folds)
@@ -381,7 +612,7 @@ def cost(runs, gpu_log=None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def projected_speedup(row, n_bench_images, n_images=1426, n_splits=10, epochs=10) -> float:
+def projected_speedup(row, n_bench_images, n_images=1428, n_splits=10, epochs=10) -> float:
     """Plain over fast time for the whole protocol, from the benchmark's measured rates.
 
     Plain: every epoch of every fold at the plain steady rate. Fast: the frozen part once
@@ -396,7 +627,7 @@ def projected_speedup(row, n_bench_images, n_images=1426, n_splits=10, epochs=10
     return plain / fast
 
 
-def benchmark_table(path, n_images=1426) -> tuple[pd.DataFrame, dict] | None:
+def benchmark_table(path, n_images=1428) -> tuple[pd.DataFrame, dict] | None:
     """Plain ``model.fit`` against the fast path from ``benchmark.json``; None if it does not exist.
 
     ``n_images`` is the size of the dataset the protocol speed-up is projected to.
@@ -431,54 +662,139 @@ def render(runs) -> dict:
             "table3.csv": to_csv(table3(runs))}
 
 
-def write(runs_root="artifacts/runs", out="results") -> list[Path]:
-    """Write results/table{1,2,3}.csv from the run artifacts."""
+def readme_block(runs) -> str:
+    """The README's headline block: the at-a-glance figure, the generated summary and the
+    five-row table (Markdown), between :data:`README_START` and :data:`README_END`."""
+    t2 = table2(runs)
+    table = glance_display(t2)
+    head = "| " + " | ".join(table.columns) + " |\n| " + " | ".join("---" for _ in table.columns) + " |\n"
+    body = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in table.values.tolist())
+    return (f"{README_START}\n![Results at a glance](book/images/at_a_glance.png)\n\n"
+            f"{headline(t2, runs, folds=False)}\n\n"
+            f"{head}{body}\nOurs / the paper's value, in percent; ours pooled over the ten held-out folds of each complete run, "
+            f"{DASH} where a run is not complete. Generated from `artifacts/runs` by `make results`.\n{README_END}")
+
+
+def with_readme_block(text, block, path="README.md") -> str:
+    """``text`` with its generated block replaced by ``block``."""
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{path} has no {README_START} ... {README_END} block to hold the headline numbers")
+    before, rest = text.split(README_START, 1)
+    return before + block + rest.split(README_END, 1)[1]
+
+
+def glance_stamp(runs) -> str:
+    """What the at-a-glance figure was drawn from: the SHA-256 of Table 2's CSV text."""
+    import hashlib
+
+    return "table2.csv sha256 " + hashlib.sha256(to_csv(table2(runs)).encode()).hexdigest()
+
+
+def write_glance(runs_root="artifacts/runs", path="book/images/at_a_glance.png") -> Path:
+    """Draw the at-a-glance forest plot of the complete runs into a 200-dpi PNG stamped
+    with :func:`glance_stamp` (so that ``--check`` can tell when it is stale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .plots import plot_forest
+
+    runs = load_runs(runs_root)
+    fig = plot_forest(table2(runs))  # no folds-done labels: the file changes only when a run completes
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=200, metadata={"Software": None, "Description": glance_stamp(runs)})
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write(runs_root="artifacts/runs", out="results", readme="README.md") -> list[Path]:
+    """Write results/table{1,2,3}.csv and the README's headline block from the run artifacts."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(runs_root)
     paths = []
-    for name, text in render(load_runs(runs_root)).items():
+    for name, text in render(runs).items():
         (out / name).write_text(text)
         paths.append(out / name)
+    if readme and Path(readme).is_file():
+        readme = Path(readme)
+        readme.write_text(with_readme_block(readme.read_text(), readme_block(runs), readme))
+        paths.append(readme)
     return paths
 
 
-def check(runs_root="artifacts/runs", out="results") -> list[str]:
-    """Problems that make results/*.csv differ from the artifacts (empty list when up to date)."""
+def _first_difference(have, want) -> str:
+    old, new = have.splitlines(), want.splitlines()
+    line = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+    return (f"first at line {line + 1}: file {old[line] if line < len(old) else '<end>'!r} vs "
+            f"artifacts {new[line] if line < len(new) else '<end>'!r}")
+
+
+def check(runs_root="artifacts/runs", out="results", readme="README.md", glance=None) -> list[str]:
+    """Problems that make results/*.csv, the README block or the glance figure differ from
+    the artifacts (empty list when up to date). ``readme``/``glance`` None: not checked."""
     problems = []
-    for name, text in render(load_runs(runs_root)).items():
+    runs = load_runs(runs_root)
+    for name, text in render(runs).items():
         path = Path(out) / name
         if not path.is_file():
             problems.append(f"{path} is missing")
             continue
         have = path.read_text()
         if have != text:
-            old, new = have.splitlines(), text.splitlines()
-            line = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
-            problems.append(f"{path} differs from the artifacts in {runs_root} (first at line {line + 1}: "
-                            f"file {old[line] if line < len(old) else '<end>'!r} vs "
-                            f"artifacts {new[line] if line < len(new) else '<end>'!r})")
+            problems.append(f"{path} differs from the artifacts in {runs_root} ({_first_difference(have, text)})")
+    if readme and Path(readme).is_file():
+        text = Path(readme).read_text()
+        try:
+            want = with_readme_block(text, readme_block(runs), readme)
+        except ValueError as e:
+            problems.append(str(e))
+        else:
+            if want != text:
+                problems.append(f"{readme}'s headline block differs from the artifacts ({_first_difference(text, want)})")
+    if glance:
+        from PIL import Image
+
+        path = Path(glance)
+        stamp = Image.open(path).text.get("Description") if path.is_file() else None
+        if stamp != glance_stamp(runs):
+            problems.append(f"{path} is missing or was drawn from other runs (run python -m xray_transfer.results "
+                            f"--glance {path})")
     return problems
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m xray_transfer.results", description=__doc__.splitlines()[0])
     mode = ap.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--write", action="store_true", help="regenerate the CSV files")
-    mode.add_argument("--check", action="store_true", help="fail if the CSV files are stale")
+    mode.add_argument("--write", action="store_true", help="regenerate the CSV files and the README block")
+    mode.add_argument("--check", action="store_true", help="fail if the CSV files or the README block are stale")
+    mode.add_argument("--glance", metavar="PNG", help="draw the at-a-glance figure into PNG")
     ap.add_argument("--runs", default="artifacts/runs", help="run artifacts folder (default %(default)s)")
     ap.add_argument("--out", default="results", help="CSV folder (default %(default)s)")
+    ap.add_argument("--readme", default="README.md", help="README holding the headline block (default %(default)s)")
     args = ap.parse_args(argv)
-    if args.write:
-        for p in write(args.runs, args.out):
-            print(f"wrote {p}")
-        return 0
-    problems = check(args.runs, args.out)
+    try:
+        if args.glance:
+            print(f"wrote {write_glance(args.runs, args.glance)}")
+            return 0
+        if args.write:
+            for p in write(args.runs, args.out, args.readme):
+                print(f"wrote {p}")
+            return 0
+        problems = check(args.runs, args.out, args.readme)
+    except (MixedRunsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if problems:
-        print("results/*.csv are stale:\n  " + "\n  ".join(problems)
-              + "\nRun `make results` (python -m xray_transfer.results --write) and commit results/.",
+        print("results are stale:\n  " + "\n  ".join(problems)
+              + "\nRun `make results` (python -m xray_transfer.results --write) and commit results/ and README.md.",
               file=sys.stderr)
         return 1
-    print(f"{', '.join(TABLE_FILES)} in {args.out} match the artifacts in {args.runs}")
+    print(f"{', '.join(TABLE_FILES)} in {args.out} and {args.readme} match the artifacts in {args.runs}")
     return 0
 
 
