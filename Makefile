@@ -12,7 +12,7 @@ BACKBONES := vgg19 mobilenet inception_v3 xception inception_resnet_v2
 # Extra papermill arguments, e.g. ARGS="-p n_splits 2 -p epochs 1"
 ARGS ?=
 
-.PHONY: help setup book test dataset pack run train-all results benchmark clean final-models audit
+.PHONY: help setup book test dataset pack run train-all results benchmark clean final-models audit gpu-wheels gpu-stage gpu-smoke gpu-adopt
 
 help:  ## list the targets
 	@grep -E '^[a-z%-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -68,10 +68,11 @@ results: $(STAMP)  ## regenerate results/table{1,2,3}.csv, README's headline blo
 	$(BIN)/python -m xray_transfer.results --write
 	$(BIN)/python -m xray_transfer.results --glance book/images/at_a_glance.png
 
-# The committed benchmark: 2 epochs on one fold of a stratified 400-image subset (about
-# 8 min on 2 CPU cores, nothing else running). BENCH_ARGS= (empty) times the whole dataset.
+# The committed benchmark: per backbone, plain model.fit and our trainer, each for 2 epochs on
+# two folds of a stratified 400-image subset (about 16 min on 2 idle CPU cores, estimated from
+# the one-fold version's 8). BENCH_ARGS= (empty) times the whole dataset.
 BENCH_ARGS ?= --limit 400
-benchmark: $(STAMP)  ## time plain model.fit against the cached fast path, per backbone
+benchmark: $(STAMP)  ## time plain model.fit against our trainer, per backbone
 	$(BIN)/xray-transfer benchmark --dataset $(DATASET) --out artifacts/benchmark $(BENCH_ARGS)
 
 clean:  ## remove the build and generated notebooks (keeps .venv and data)
@@ -100,3 +101,29 @@ cpu-queue: $(STAMP)  ## every experiment of the book on the CPU, in priority ord
 
 audit: $(STAMP)  ## execute the audit chapter (needs the data, the audit runs and final models)
 	$(MAKE) run CH=audit OUT=artifacts/audit
+
+# ---- a GPU lease (see scripts/gpu_run.sh and book/how_to_reproduce.md, "On a GPU")
+# Keras for the GPU machine's Python 3.12 (it has JAX, h5py, rich, absl but no Keras).
+gpu-wheels: $(STAMP)  ## download the Keras wheels the GPU machine lacks into .whl/
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl keras==3.15.1 namex==0.1.0 optree==0.20.0
+
+gpu-stage: pack gpu-wheels  ## put what a GPU call carries into .gpu/ and .whl/ (git-ignored)
+	mkdir -p .gpu && cp data/dataset.npz .gpu/dataset.npz && git rev-parse HEAD > .gpu/commit
+	$(BIN)/python -c "from xray_transfer.models import OFFLINE_WEIGHTS as W; print('\n'.join(w.file for w in W.values()))" \
+		| while read f; do cp -u "$(WEIGHTS_DIR)/$$f" "$(WEIGHTS_DIR)/$${f%.weights.h5}.json" .gpu/; done
+	du -sh .whl .gpu/*
+
+# The GPU script end to end on this CPU, tiny settings: every job. Keras on JAX compiles slowly on a
+# CPU (about 2 min a job on 2 busy cores); SMOKE_BACKEND=tensorflow checks the same script faster.
+SMOKE_BACKEND ?= jax
+gpu-smoke: $(STAMP)  ## SMOKE=1 scripts/gpu_run.sh on the CPU (Keras on $(SMOKE_BACKEND)), into _build/gpu-smoke
+	rm -rf _build/gpu-smoke && mkdir -p _build/gpu-smoke/work
+	SMOKE=1 KERAS_BACKEND=$(SMOKE_BACKEND) JAX_PLATFORMS=cpu PYTHON=$(abspath $(BIN)/python) DATASET=$(abspath data/dataset.npz) \
+		GPU_DIR=_build/gpu-smoke/work OUT=$(abspath _build/gpu-smoke) scripts/gpu_run.sh
+
+TGZ ?= gpu-out.tgz
+gpu-adopt: $(STAMP)  ## take finished runs and the benchmark from a GPU call's $(TGZ) into artifacts/
+	rm -rf _build/gpu-adopt && mkdir -p _build/gpu-adopt && tar xzf $(TGZ) -C _build/gpu-adopt
+	$(BIN)/python -m xray_transfer.gpu_plan adopt _build/gpu-adopt/out --repo .

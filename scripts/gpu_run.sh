@@ -1,42 +1,85 @@
 #!/usr/bin/env bash
-# The full reproduction on a GPU machine without TensorFlow: Keras 3 on JAX.
-# Expects (carried, git-ignored): .whl/ (keras, namex, optree wheels), .gpu/dataset.npz
-# (from `make pack`), .gpu/*.weights.h5 (offline weights that fit), .gpu/commit.
-# Writes run folders under .gpu/out/ and, every few seconds, a tarball of them to
-# $OUT/runs.tgz, so whatever finished comes back even if the time limit strikes.
-# SMOKE=1 runs tiny settings to check the script itself.
-set -u
+# Every experiment of the book on a GPU machine without TensorFlow (Keras 3 on JAX), in the
+# priority order of scripts/cpu_queue.sh: the paper runs, the audit runs (BatchNorm comparison
+# first), the final models, then the benchmark (lib/xray_transfer/gpu_plan.py holds the list).
+# One Python process runs every job: the dataset is read once, the frozen outputs of the fast
+# path are computed once per backbone and shared, and JAX's persistent compilation cache
+# (.gpu/jax-cache, kept on the warm machine) lets a later call reuse what an earlier compiled.
+#
+# What travels (git-ignored, named in `carry`; `make gpu-stage` prepares it here):
+#   .whl/                     keras, namex, optree wheels (3 MB; the machine has jax, h5py, rich...)
+#   .gpu/dataset.npz          the dataset pack (`make pack`, 33 MiB)
+#   .gpu/commit               the commit the tree is at (runs record it)
+#   .gpu/<weights>.weights.h5 and .gpu/<weights>.json: an offline ImageNet weights file
+#                             (models.OFFLINE_WEIGHTS) and its card, which the run records quote
+# A call carries at most 64 MiB (8 paths); the four weights files (126 MiB) do not fit one call.
+# Files carried once stay on the warm machine (and so do .gpu/out and .gpu/jax-cache), so a lease
+# is several calls of this script, the paper runs first:
+#   1: .whl .gpu/dataset.npz .gpu/commit + MobileNet's file and card   paper/mobilenet
+#   2: VGG19's file and card          paper/vgg19
+#   3: Inception v3's file and card   paper/inception_v3
+#   4: Xception's file and card       paper/xception
+#   5, 6, ...: nothing                (no job named: every job in priority order, Inception ResNet v2's
+#                                     paper run first, the finished ones skipped) until all are done
+# A job whose weights file is not there is skipped with a note; every run resumes from its folds.
+# A new lease (a bare machine) starts again from call 1, and goes on where the last stopped if
+# call 1 also carries .gpu/out (here: `tar xzf gpu-out.tgz -C .gpu`).
+# book/how_to_reproduce.md ("Every experiment in one GPU lease") gives the exact calls.
+#
+# Output: .gpu/out/{runs,audit,models,benchmark}, laid out as artifacts/, and plan-log.jsonl
+# (seconds per job, device, backend, compilations), and gpu-log.txt (this script's log, every call of
+# the lease: each ends with its total command time). Every 10 s, and at the end, $OUT/gpu-out.tgz holds them all
+# (the .keras models stay behind: too large to come back), so what finished comes back even if the
+# time limit strikes; $OUT/gpu-log.txt is this script's log. Here:
+#   tar xzf <files_at>/gpu-out.tgz -C /tmp && .venv/bin/python -m xray_transfer.gpu_plan adopt /tmp/out
+#
+#   SMOKE=1 scripts/gpu_run.sh        tiny settings, to check the script (runs on a CPU too)
+#   scripts/gpu_run.sh JOB ...        only these jobs (python -m xray_transfer.gpu_plan jobs lists them)
+# DATASET (default .gpu/dataset.npz), GPU_DIR (default .gpu) and PYTHON (default python3) can be set.
+set -u -o pipefail
+cd "$(dirname "$0")/.."  # the repository root: lib/ is imported from there
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
-if [ -d .whl ] && ! python3 -c "import keras" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+GPU_DIR=${GPU_DIR:-.gpu}; PYTHON=${PYTHON:-python3}
+mkdir -p "$GPU_DIR"; GPU_DIR=$(cd "$GPU_DIR" && pwd)
+if [ -d .whl ] && ! "$PYTHON" -c "import keras" 2>/dev/null; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD/lib${PYTHONPATH:+:$PYTHONPATH}" KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1
-export XRAY_GIT_COMMIT=$(cat .gpu/commit 2>/dev/null || echo unknown)
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
-python3 -c "import keras, jax; print('keras', keras.__version__, 'jax', jax.__version__, jax.devices())"
-EXTRA=""; [ "${SMOKE:-0}" = 1 ] && EXTRA="--limit 60 --n-splits 2 --epochs 1 --image-size 75 100"
-R=.gpu/out; mkdir -p $R
-(while sleep 10; do tar czf "$OUT/runs.tmp.tgz" -C .gpu out 2>/dev/null && mv "$OUT/runs.tmp.tgz" "$OUT/runs.tgz"; done) &
-TARLOOP=$!
-train() { local t0=$SECONDS; python3 -m xray_transfer.cli train --dataset .gpu/dataset.npz $EXTRA "$@" 2>&1 | grep -v -E "^(I0000|W0000|WARNING: All log)"; echo "== $* : $((SECONDS - t0)) s"; }
-export XRAY_WEIGHTS_DIR=$PWD/.gpu  # the registered offline weights files (models.OFFLINE_WEIGHTS), carried
-# Priority order: the paper's runs first, then the audit experiments, then the benchmark.
-# STAGES picks which (a second session with little device time left ran "audit" alone).
-for stage in ${STAGES:-paper audit bench}; do case $stage in
-paper)
-  train --backbone mobilenet --out $R/runs/mobilenet
-  train --backbone vgg19 --out $R/runs/vgg19
-  train --backbone xception --out $R/runs/xception
-  train --backbone inception_resnet_v2 --out $R/runs/inception_resnet_v2 ;;
-audit)
-  train --backbone mobilenet --group-by-patient --out $R/audit/grouped-mobilenet
-  train --backbone vgg19 --image-mask lungs_hidden --out $R/audit/lungs-hidden-vgg19
-  train --backbone vgg19 --group-by-patient --out $R/audit/grouped-vgg19
-  train --backbone mobilenet --image-mask lungs_hidden --out $R/audit/lungs-hidden-mobilenet ;;
-bench)
-  BL=""; [ "${SMOKE:-0}" = 1 ] && BL="--limit 60 --backbones vgg19"
-  python3 -m xray_transfer.cli benchmark --dataset .gpu/dataset.npz --out $R/benchmark --epochs 3 $BL 2>&1 | grep -v -E "^(I0000|W0000)" ;;
-esac; done
-kill $TARLOOP 2>/dev/null
-tar czf "$OUT/runs.tgz" -C .gpu out && echo "packed $(du -h "$OUT/runs.tgz" | cut -f1)"
+export XRAY_GIT_COMMIT=${XRAY_GIT_COMMIT:-$(cat "$GPU_DIR/commit" 2>/dev/null || git rev-parse HEAD 2>/dev/null || echo unknown)}
+export XRAY_WEIGHTS_DIR=${XRAY_WEIGHTS_DIR:-$GPU_DIR}  # the registered weights files, carried
+# JAX's persistent compilation cache (documented jax config options, read from the environment).
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$GPU_DIR/jax-cache}
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0.5}
+export TF_CPP_MIN_LOG_LEVEL=2
+R=$GPU_DIR/out; mkdir -p "$R"
+JOBS=("$@"); [ ${#JOBS[@]} -eq 0 ] && mapfile -t JOBS < <("$PYTHON" -m xray_transfer.gpu_plan jobs)
+TRAIN=(); BENCH=()
+for j in "${JOBS[@]}"; do if [ "$j" = bench/all ]; then BENCH=(bench/all); else TRAIN+=("$j"); fi; done
+SMOKE_ARG=""; [ "${SMOKE:-0}" = 1 ] && SMOKE_ARG="--smoke"
+pack() { tar czf "$OUT/.gpu-out.tgz" --exclude=keras -C "$GPU_DIR" out 2>/dev/null && mv "$OUT/.gpu-out.tgz" "$OUT/gpu-out.tgz"; }
+(while sleep 10; do pack; done) &
+PACKER=$!
+t0=$SECONDS
+{
+  date -u +"start %Y-%m-%dT%H:%M:%SZ"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
+  "$PYTHON" -c "import keras, jax; print('keras', keras.__version__, 'jax', jax.__version__, jax.devices())"
+  ls "$GPU_DIR"
+  plan() {  # plan [nocache] JOB...: one process of the plan; nocache leaves JAX's compilation cache out
+    local nocache=""; [ "$1" = nocache ] && { nocache=1; shift; }
+    ${nocache:+env -u JAX_COMPILATION_CACHE_DIR -u JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS} \
+      "$PYTHON" -m xray_transfer.gpu_plan run --dataset "${DATASET:-$GPU_DIR/dataset.npz}" --out "$R" $SMOKE_ARG "$@" 2>&1 \
+      | grep --line-buffered -v -E "^(I0000|W0000|WARNING: All log)|cuda_timer"
+  }
+  rc=0
+  [ ${#TRAIN[@]} -gt 0 ] && { plan "${TRAIN[@]}" || rc=$?; }
+  # the benchmark in a process of its own without the cache, so that plain fit compiles as anyone's would
+  [ ${#BENCH[@]} -gt 0 ] && { plan nocache bench/all || rc=$?; }
+  echo "total command time: $((SECONDS - t0)) s (rc $rc)"
+  exit $rc
+} 2>&1 | tee -a "$OUT/gpu-log.txt" "$R/gpu-log.txt"
+rc=${PIPESTATUS[0]}
+kill $PACKER 2>/dev/null; wait $PACKER 2>/dev/null
+pack && echo "packed $(du -h "$OUT/gpu-out.tgz" | cut -f1)"
+exit $rc

@@ -72,12 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="CSV to write")
     q.add_argument("--strict", action="store_true", help="stop at the first unreadable image instead of skipping it")
 
-    b = add("benchmark", help="time plain model.fit against the fast path, per backbone")
+    b = add("benchmark", help="time plain model.fit against our trainer, per backbone")
     b.add_argument("--dataset", default="data/dataset")
     b.add_argument("--out", default="artifacts/benchmark")
     b.add_argument("--backbones", nargs="+", default=None)
     b.add_argument("--epochs", type=int, default=2)
     b.add_argument("--limit", type=int, default=None)
+    b.add_argument("--n-splits", type=int, default=10, help="folds of the protocol the times are for")
+    b.add_argument("--protocol-epochs", type=int, default=10, help="epochs of the protocol the times are for")
+    b.add_argument("--image-size", type=int, nargs=2, default=[200, 266], metavar=("HEIGHT", "WIDTH"))
 
     x = add("execute", help="execute a chapter with papermill, refusing parameters the chapter does not have")
     x.add_argument("notebook", help="the chapter as .ipynb (`make run` converts notebooks/<chapter>.md)")
@@ -175,8 +178,8 @@ def run(args) -> int:
     elif args.cmd == "benchmark":
         from .benchmark import run_benchmark
         check_apart(args.out, args.dataset, "dataset")
-        run_benchmark(args.dataset, args.out, backbones=args.backbones, epochs=args.epochs,
-                      limit=args.limit)
+        run_benchmark(args.dataset, args.out, backbones=args.backbones, epochs=args.epochs, limit=args.limit,
+                      n_splits=args.n_splits, protocol_epochs=args.protocol_epochs, image_size=tuple(args.image_size))
     elif args.cmd == "execute":
         from .chapter import execute
         execute(args.notebook, args.output, parameters=args.parameters, raw=args.parameters_raw, cwd=args.cwd)

@@ -174,6 +174,19 @@ def use_fast_path(cfg: dict) -> tuple[bool, str]:
     return False, f"only {share:.0%} of the base's layers are frozen: caching would not pay"
 
 
+def frozen_key(cfg: dict, images: np.ndarray) -> str:
+    """What the fast path's frozen outputs depend on: backbone, initial weights, seed, size, pixels,
+    and whether frozen BatchNormalization layers use batch statistics ('keras2').
+
+    Otherwise the BatchNorm mode, grouping, epochs and learning rate act above the cutoff only.
+    """
+    keras2 = cfg["batchnorm"] == "keras2" and has_frozen_batchnorm(cfg["backbone"])
+    h = hashlib.sha256(json.dumps([cfg["backbone"], cfg["weights"], cfg["seed"], list(cfg["image_size"]),
+                                   cfg["batch_size"], keras2, images.shape, str(images.dtype)]).encode())
+    h.update(np.ascontiguousarray(images).data)
+    return h.hexdigest()
+
+
 def _atomic_json(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=1, default=_jsonable) + "\n")
@@ -195,9 +208,13 @@ class Trainer:
 
     Reusing one model (weights and optimizer state reset per fold) keeps the
     compiled training step, so no fold pays for compilation again.
+
+    ``feature_store``, a dict, shares the fast path's frozen outputs between trainers
+    (runs in one process): runs whose frozen part and images are the same (VGG19's paper,
+    patient-grouped and final runs, say; see :func:`frozen_key`) compute them once.
     """
 
-    def __init__(self, cfg: dict, images: np.ndarray):
+    def __init__(self, cfg: dict, images: np.ndarray, feature_store: dict | None = None):
         import keras
 
         self.cfg = cfg
@@ -207,16 +224,21 @@ class Trainer:
                                  pooling=cfg["pooling"], dropout=cfg["dropout"], seed=cfg["seed"],
                                  batchnorm=cfg["batchnorm"])
         self.fast, self.fast_reason = use_fast_path(cfg)
-        x = preprocess_input(cfg["backbone"], images)
         t0 = time.perf_counter()
         if self.fast:
             frozen, self.net = split_at_cutoff(self.model, self.spec.cutoff)
-            feats = frozen.predict(x, batch_size=cfg["batch_size"], verbose=0)
-            self.inputs = feats if isinstance(feats, list) else [feats]
+            key = frozen_key(cfg, images) if feature_store is not None else None
+            if key in (feature_store or {}):
+                self.inputs = feature_store[key]
+            else:
+                feats = frozen.predict(preprocess_input(cfg["backbone"], images), batch_size=cfg["batch_size"],
+                                       verbose=0)
+                self.inputs = feats if isinstance(feats, list) else [feats]
+                if key is not None:
+                    feature_store[key] = self.inputs
         else:
-            self.net, self.inputs = self.model, [x]
+            self.net, self.inputs = self.model, [preprocess_input(cfg["backbone"], images)]
         self.feature_seconds = time.perf_counter() - t0 if self.fast else 0.0
-        del x
         self.net.compile(optimizer=keras.optimizers.Adam(cfg["learning_rate"]),
                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         self.net.optimizer.build(self.net.trainable_variables)
@@ -274,7 +296,7 @@ class Trainer:
                 "predict_seconds": time.perf_counter() - t0}
 
 
-def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, **params) -> dict:
+def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, feature_store=None, **params) -> dict:
     """Run (or resume) k-fold cross-validation and write one artifact per fold.
 
     Parameters
@@ -289,6 +311,8 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, **para
         Progress bars per fold and epoch.
     folds_to_run : list of int, optional
         Only these folds (for tests of resuming); default all.
+    feature_store : dict, optional
+        Frozen outputs shared with other runs in this process (see :class:`Trainer`).
     **params
         Training parameters, see :data:`DEFAULTS` and :func:`make_config`.
 
@@ -358,7 +382,7 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, **para
     images = resize_images(dataset.images, cfg["image_size"])
     images = apply_image_mask(images, cfg["image_mask"], dataset.manifest)
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, images)
+    trainer = Trainer(cfg, images, feature_store)
     setup_seconds = time.perf_counter() - t0
     record["feature_cache"] = {"used": trainer.fast, "reason": trainer.fast_reason,
                                "seconds": round(trainer.feature_seconds, 3), "setup_seconds": round(setup_seconds, 3)}
@@ -405,7 +429,7 @@ def check_fold(path, identity_sha256, test_files, afresh="start the run afresh")
     return fold
 
 
-def fit_final(dataset, model_path, progress=True, **params) -> dict:
+def fit_final(dataset, model_path, progress=True, feature_store=None, **params) -> dict:
     """Train on every image with the protocol and save the whole model (``.keras``) for prediction.
 
     Writes ``model_path`` and, beside it, ``<name>.json`` with the parameters,
@@ -421,7 +445,7 @@ def fit_final(dataset, model_path, progress=True, **params) -> dict:
     model_path.parent.mkdir(parents=True, exist_ok=True)
     images = resize_images(dataset.images, cfg["image_size"])
     images = apply_image_mask(images, cfg["image_mask"], dataset.manifest)
-    trainer = Trainer(cfg, images)
+    trainer = Trainer(cfg, images, feature_store)
     every = np.arange(len(dataset))
     bar = tqdm(total=cfg["epochs"], desc=f"{cfg['backbone']} on all images", unit="epoch",
                disable=not progress, file=sys.stdout, mininterval=1.0)

@@ -1,0 +1,156 @@
+"""Tests of the GPU plan: the job list matches the CPU queue's, and scripts/gpu_run.sh runs end to end
+with smoke settings on the CPU, writing records that name the device and backend, skipping jobs
+whose weights are not there, and packing what comes back."""
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from xray_transfer import benchmark, gpu_plan
+from xray_transfer.data import assemble, pack
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_jobs_are_the_cpu_queues_in_the_same_order_then_the_benchmark():
+    text = (ROOT / "scripts" / "cpu_queue.sh").read_text()
+    cpu_jobs = re.search(r'ALL_JOBS="([^"]*)"', text).group(1).split()
+    assert list(gpu_plan.JOBS) == cpu_jobs + ["bench/all"]
+
+
+@pytest.mark.parametrize("job, spec", [
+    ("paper/vgg19", {"kind": "cv", "out": "runs/vgg19", "params": {"backbone": "vgg19"}}),
+    ("audit/bn-inference-inception_v3", {"kind": "cv", "out": "audit/bn-inference-inception_v3",
+                                         "params": {"backbone": "inception_v3", "batchnorm": "inference"}}),
+    ("audit/bn-batch_statistics-mobilenet", {"kind": "cv", "out": "audit/bn-batch_statistics-mobilenet",
+                                             "params": {"backbone": "mobilenet", "batchnorm": "batch_statistics"}}),
+    ("audit/lungs-hidden-in-frame-mobilenet", {"kind": "cv", "out": "audit/lungs-hidden-in-frame-mobilenet",
+                                               "params": {"backbone": "mobilenet", "image_mask": "lungs_hidden_in_frame"}}),
+    ("final/xception", {"kind": "final", "out": "models/xception.json", "params": {"backbone": "xception"}}),
+])
+def test_job_spec_matches_the_cpu_queues_flags(job, spec):
+    assert gpu_plan.job_spec(job) == spec
+
+
+def test_unknown_job_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown job 'paper/resnet50'"):
+        gpu_plan.job_spec("paper/resnet50")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """scripts/gpu_run.sh with SMOKE=1 on 18 synthetic X-rays: VGG19's run, MobileNet's (no weights file
+    here: skipped), VGG19's final model (sharing the run's frozen outputs) and the benchmark."""
+    import keras
+
+    from xray_transfer.data import synthetic_collections
+    from xray_transfer.models import OFFLINE_WEIGHTS
+
+    tmp = tmp_path_factory.mktemp("gpu")
+    cxr = synthetic_collections(tmp / "cxr")
+    assemble(cxr, tmp / "ds", counts={"covid": 6, "normal": 6, "pneumonia": 6}, progress=False)
+    work = tmp / "gpu"
+    work.mkdir()
+    pack(tmp / "ds", work / "dataset.npz")
+    # a stand-in for VGG19's offline weights file (random values, the registered name)
+    keras.applications.VGG19(include_top=False, weights=None, input_shape=(75, 100, 3)).save_weights(
+        work / OFFLINE_WEIGHTS["vgg19"].file)
+    env = {**os.environ, "SMOKE": "1", "GPU_DIR": str(work), "OUT": str(tmp / "out"), "PYTHON": sys.executable,
+           "KERAS_BACKEND": os.environ.get("SMOKE_BACKEND", "tensorflow")}
+    env.pop("XRAY_WEIGHTS_DIR", None)
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_run.sh"), "paper/vgg19", "paper/mobilenet",
+                           "final/vgg19", "bench/all"], env=env, capture_output=True, text=True, timeout=900)
+    return proc, tmp
+
+
+def test_gpu_script_runs_end_to_end_with_smoke_settings(smoke_run):
+    proc, tmp = smoke_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp / "gpu" / "out"
+    log = [json.loads(line) for line in (out / "plan-log.jsonl").read_text().splitlines()]
+    assert [e["job"] for e in log] == ["paper/vgg19", "paper/mobilenet", "final/vgg19", "bench/all"]
+    assert log[1]["status"].startswith("skipped: weights file not on this machine")
+    assert "mobilenet_1_0_224_imagenet_notop" in log[1]["detail"]
+    assert all(e["device"] and e["backend"] for e in log)
+    assert "total command time:" in (tmp / "out" / "gpu-log.txt").read_text()
+    assert "total command time:" in (out / "gpu-log.txt").read_text()  # kept on the machine, and packed
+    # the cross-validation: every fold file says which device and backend made it
+    run = json.loads((out / "runs" / "vgg19" / "run.json").read_text())
+    assert run["folds_done"] == [0, 1] and run["params"]["n_splits"] == 2
+    assert run["weights"]["file"].startswith("vgg19_imagenet_notop")
+    assert run["feature_cache"]["used"] is True
+    for f in sorted((out / "runs" / "vgg19").glob("fold-*.json")):
+        fold = json.loads(f.read_text())
+        assert fold["backend"] == log[0]["backend"] and fold["device"] == log[0]["device"]
+    # the final model's record, and the benchmark in the schema of every device
+    final = json.loads((out / "models" / "vgg19.json").read_text())
+    assert final["params"]["backbone"] == "vgg19" and final["weights"]["sha256"] == run["weights"]["sha256"]
+    bench = json.loads((out / "benchmark" / "benchmark.json").read_text())
+    benchmark.check_record(bench)
+    assert bench["persistent_compilation_cache"] is None  # plain fit compiled as in anyone's script
+    assert (tmp / "gpu" / "jax-cache").is_dir() or log[0]["backend"] != "jax"  # the runs had the cache
+
+
+def test_gpu_script_packs_everything_but_the_models_for_the_way_back(smoke_run):
+    proc, tmp = smoke_run
+    with tarfile.open(tmp / "out" / "gpu-out.tgz") as tar:
+        names = set(tar.getnames())
+    assert {"out/runs/vgg19/fold-01.json", "out/models/vgg19.json", "out/benchmark/benchmark.json",
+            "out/plan-log.jsonl"} <= names
+    assert not any(n.endswith(".keras") for n in names)
+
+
+def test_a_second_call_resumes_from_the_finished_folds(smoke_run, monkeypatch):
+    proc, tmp = smoke_run
+    out = tmp / "gpu" / "out"
+    monkeypatch.setenv("XRAY_WEIGHTS_DIR", str(tmp / "gpu"))
+    mtime = (out / "runs" / "vgg19" / "fold-00.json").stat().st_mtime_ns
+    done = gpu_plan.run_plan(tmp / "gpu" / "dataset.npz", out, ["paper/vgg19"], smoke=True, log=lambda *_: None)
+    assert done[0]["status"] == "folds done [0, 1]"
+    assert (out / "runs" / "vgg19" / "fold-00.json").stat().st_mtime_ns == mtime  # not trained again
+
+
+def test_adopt_takes_only_finished_runs_and_never_replaces_one(smoke_run, tmp_path):
+    proc, tmp = smoke_run
+    out = tmp / "gpu" / "out"
+    repo = tmp_path / "repo"
+    (repo / "artifacts" / "runs").mkdir(parents=True)
+    written = gpu_plan.adopt(out, repo, log=lambda *_: None)
+    assert str(repo / "artifacts" / "runs" / "vgg19") in written
+    assert (repo / "artifacts" / "runs" / "vgg19" / "fold-01.json").is_file()
+    assert (repo / "artifacts" / "benchmark" / "benchmark.json").is_file()  # made on a CPU
+    assert not (repo / "artifacts" / "gpu-plan").exists()  # a smoke run's logs are not the book's
+    # a finished run in the repository is never replaced
+    before = (repo / "artifacts" / "runs" / "vgg19" / "run.json").read_text()
+    (out / "runs" / "vgg19" / "run.json").write_text(before.replace('"folds_done"', '"folds_done" '))
+    assert str(repo / "artifacts" / "runs" / "vgg19") not in gpu_plan.adopt(out, repo, log=lambda *_: None)
+    # an unfinished run is not adopted
+    (out / "runs" / "vgg19" / "fold-01.json").rename(out / "runs" / "vgg19" / "x.json")
+    try:
+        repo2 = tmp_path / "repo2"
+        assert not any("runs" in w for w in gpu_plan.adopt(out, repo2, log=lambda *_: None))
+    finally:
+        (out / "runs" / "vgg19" / "x.json").rename(out / "runs" / "vgg19" / "fold-01.json")
+
+
+def test_feature_store_shares_frozen_outputs_of_runs_with_the_same_frozen_part():
+    import numpy as np
+
+    from xray_transfer import train
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    cfg = train.make_config(backbone="vgg19", n_splits=2, epochs=1, batch_size=4, image_size=(32, 32))
+    store = {}
+    paper = train.Trainer(cfg, images, store)
+    bn = train.Trainer({**cfg, "batchnorm": "inference"}, images, store)  # same frozen part and pixels
+    assert len(store) == 1 and bn.inputs is paper.inputs
+    alone = train.Trainer(cfg, images)  # computed afresh: the same values
+    np.testing.assert_array_equal(alone.inputs[0], paper.inputs[0])
+    train.Trainer(cfg, train.hide_lungs(images), store)  # other pixels: other frozen outputs
+    assert len(store) == 2
