@@ -9,6 +9,7 @@ import jupytext
 import nbformat
 import papermill
 import pytest
+from conftest import notebook_texts
 
 from xray_transfer import audit, data, train
 
@@ -17,15 +18,6 @@ CHAPTER = REPO / "notebooks" / "audit.md"
 H, W = 40, 53
 TINY = dict(n_splits=2, epochs=1, batch_size=4, image_size=(H, W), weights="none")
 
-
-def _texts(nb):
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            if "text" in out:
-                yield out["text"]
-            for mime in ("text/plain", "text/markdown", "text/html"):
-                if mime in out.get("data", {}):
-                    yield out["data"][mime]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +59,7 @@ def test_audit_chapter_executes_with_some_runs_missing(executed):
 
 
 def test_audit_chapter_marks_missing_and_unfinished_runs_pending(executed):
-    shown = "\n".join(_texts(executed["nb"]))
+    shown = "\n".join(notebook_texts(executed["nb"]))
     assert "1 of 2 folds" in shown  # the unfinished lungs-hidden run is listed with its status
     assert "not run" in shown  # grouped-vgg19 and the batch_statistics run do not exist
     assert "Not yet measured on the current data and weights" in shown
@@ -75,7 +67,7 @@ def test_audit_chapter_marks_missing_and_unfinished_runs_pending(executed):
 
 
 def test_audit_chapter_scores_come_from_the_runs(executed):
-    shown = "\n".join(_texts(executed["nb"]))
+    shown = "\n".join(notebook_texts(executed["nb"]))
     grouped = audit.run_summary(executed["tmp"] / "audit" / "grouped-mobilenet")["pooled"]
     assert f"{100 * grouped['accuracy_3class']:.1f}" in shown
     assert audit.run_summary(executed["tmp"] / "audit" / "lungs-hidden-in-frame-mobilenet")["pooled"] is None

@@ -9,6 +9,7 @@ import jupytext
 import numpy as np
 import papermill
 import pytest
+from conftest import notebook_texts
 
 from xray_transfer import data, metrics, train
 
@@ -16,18 +17,6 @@ REPO = Path(__file__).resolve().parents[1]
 CHAPTER = REPO / "notebooks" / "training.md"
 H, W = 40, 53
 
-
-def _texts(nb):
-    """Every text an executed notebook shows: streams, plain text and markdown outputs, and the
-    glued tables its {glue:md} directives show."""
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            if "text" in out:
-                yield out["text"]
-            for mime in ("text/plain", "text/markdown", "text/html",
-                         "application/papermill.record/text/markdown"):  # tables glued for {glue:md}
-                if mime in out.get("data", {}):
-                    yield out["data"][mime]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +47,7 @@ def test_training_chapter_executes_without_errors(executed):
 
 
 def test_training_chapter_warns_about_reduced_settings(executed):
-    shown = "\n".join(_texts(executed["nb"]))
+    shown = "\n".join(notebook_texts(executed["nb"]))
     assert "reduced settings" in shown
     assert "2 folds, 1 epochs, 18 images" in shown
     assert "fast path: True" in shown  # vgg19 freezes 18 of 22 layers
@@ -87,7 +76,7 @@ def test_training_chapter_metrics_follow_from_saved_predictions(executed):
     c = metrics.binary_counts(y_true, y_pred)
     assert {k: summary[k] for k in c} == c
     # the table the chapter showed carries the same 3-class accuracy
-    shown = "\n".join(_texts(executed["nb"]))
+    shown = "\n".join(notebook_texts(executed["nb"]))
     assert f"{100 * summary['accuracy_3class']:.1f}" in shown
 
 
@@ -101,6 +90,6 @@ def test_training_chapter_reports_an_unfinished_run_without_training(executed, t
     papermill.execute_notebook(str(src), str(tmp_path / "out.ipynb"), cwd=str(REPO / "notebooks"),
                                kernel_name="python3", progress_bar=False, parameters=params)
     import nbformat
-    shown = "\n".join(_texts(nbformat.read(tmp_path / "out.ipynb", as_version=4)))
+    shown = "\n".join(notebook_texts(nbformat.read(tmp_path / "out.ipynb", as_version=4)))
     assert "Unfinished run: 0 of 2 folds done" in shown and "No fold has finished yet" in shown
     assert not list(run.glob("fold-*.json"))
