@@ -62,7 +62,8 @@ def smoke_run(tmp_path_factory):
         work / OFFLINE_WEIGHTS["vgg19"].file)
     env = {**os.environ, "SMOKE": "1", "GPU_DIR": str(work), "OUT": str(tmp / "out"), "PYTHON": sys.executable,
            "KERAS_BACKEND": os.environ.get("SMOKE_BACKEND", "tensorflow")}
-    env.pop("XRAY_WEIGHTS_DIR", None)
+    for name in ("XRAY_WEIGHTS_DIR", "DATASET"):  # the script would take these over the smoke files
+        env.pop(name, None)
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_run.sh"), "paper/vgg19", "paper/mobilenet",
                            "final/vgg19", "bench/all"], env=env, capture_output=True, text=True, timeout=900)
     return proc, tmp
