@@ -302,3 +302,12 @@ def test_offline_weights_first_layer_filters_are_smooth_like_trained_ones(key):
     random = models.build_model(key, input_shape=shape, weights="none")
     assert neighbour_corr(loaded) > 0.3
     assert abs(neighbour_corr(random)) < 0.15
+
+
+@pytest.mark.parametrize("key", sorted(models.BACKBONES))
+def test_frozen_batchnorm_flag_matches_the_built_network(key):
+    """The registry's flag decides the fast path under batchnorm='keras2', so it must be true to Keras."""
+    model = models.build_model(key, input_shape=(75, 100, 3), batchnorm="batch_statistics")
+    cutoff = models.get_backbone(key).cutoff
+    has = any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers[:cutoff])
+    assert models.has_frozen_batchnorm(key) is has

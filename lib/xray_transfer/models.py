@@ -26,11 +26,12 @@ class Backbone:
     cutoff: int         #: untrainable layers from the input (Table 1)
     hidden: tuple       #: hidden layer sizes of the classifier (Table 1)
     n_layers: int       #: layers of the base with include_top=False
+    frozen_batchnorm: bool = True  #: BatchNormalization among the layers below the cutoff
 
 
 #: The paper's Table 1: layer cutoff and classifier per backbone.
 TABLE1 = (
-    Backbone("vgg19", "VGG19", "VGG19", "vgg19", 18, (1024,), 22),
+    Backbone("vgg19", "VGG19", "VGG19", "vgg19", 18, (1024,), 22, frozen_batchnorm=False),
     Backbone("mobilenet", "MobileNet v1", "MobileNet", "mobilenet", 10, (1000, 750), 86),
     Backbone("inception_v3", "Inception v3", "InceptionV3", "inception_v3", 249, (1000,), 311),
     Backbone("xception", "Xception", "Xception", "xception", 120, (1000, 750), 132),
@@ -199,7 +200,7 @@ BATCHNORM_MODES = {
 
 def has_frozen_batchnorm(backbone: str) -> bool:
     """Whether layers below Table 1's cutoff include BatchNormalization (all but VGG19)."""
-    return get_backbone(backbone).key != "vgg19"
+    return get_backbone(backbone).frozen_batchnorm
 
 
 def _batch_statistics_when_frozen(layer):
