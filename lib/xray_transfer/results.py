@@ -537,7 +537,7 @@ def headline(t2: pd.DataFrame, runs, folds=True) -> str:
     pending = [get_backbone(k).name + (f" ({folds_label(r)})" if folds else "")
                for k, r in runs.items() if not is_complete(r)]
     missing = [s.name for s in TABLE1 if s.key not in runs]
-    out = [f"{len(done)} of {len(TABLE1)} backbones have a complete re-run"
+    out = [f"{len(done)} of {len(TABLE1)} backbones {'has' if len(done) == 1 else 'have'} a complete re-run"
            + (f" ({listing(done)})." if done else ".")]
     if pending:
         out.append(f"Still running: {listing(pending)}; these rows show only the paper's values until every "
