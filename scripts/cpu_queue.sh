@@ -4,6 +4,8 @@
 # The paper runs use batchnorm=keras2 (the default, the paper's most likely behaviour): only
 # VGG19, which has no BatchNormalization, can use the cached fast path, so on 2 CPU cores the
 # others take hours each; a GPU session runs scripts/gpu_run.sh instead.
+# The jobs and their flags come from lib/xray_transfer/gpu_plan.py (`python -m
+# xray_transfer.gpu_plan queue` prints them): the GPU plan's list, less the benchmark.
 # Each cross-validation runs through `xray-transfer train` (finished folds are kept), then
 # its training chapter is executed with papermill (it finds every fold done and renders).
 #
@@ -22,13 +24,6 @@ DATASET=${DATASET:-$REPO/data/dataset}
 export PYTHONPATH="$HERE/lib${PYTHONPATH:+:$PYTHONPATH}" XRAY_WEIGHTS_DIR=${XRAY_WEIGHTS_DIR:-$(cd "$HERE/.." && pwd)/shared/weights}
 export TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
 
-ALL_JOBS="paper/vgg19 paper/mobilenet paper/inception_v3 paper/xception paper/inception_resnet_v2
-audit/bn-batch_statistics-inception_v3 audit/bn-batch_statistics-mobilenet
-audit/bn-inference-inception_v3 audit/bn-inference-mobilenet audit/grouped-mobilenet audit/grouped-vgg19
-audit/lungs-hidden-in-frame-mobilenet audit/lungs-hidden-in-frame-vgg19
-final/vgg19 final/mobilenet final/inception_v3 final/xception final/inception_resnet_v2"
-JOBS=${*:-$ALL_JOBS}
-
 commit() {  # commit these paths in REPO, retrying while another git command holds the index
   [ "${COMMIT:-0}" = 1 ] || return 0
   local msg=$1; shift
@@ -40,26 +35,26 @@ commit() {  # commit these paths in REPO, retrying while another git command hol
   echo "could not commit $*" >&2
 }
 
-cv() {  # cv NAME OUTDIR ARGS...: cross-validate, committing each fold as it lands, then render the page
-  local name=$1 out=$2; shift 2
+cv() {  # cv NAME OUTDIR "TRAIN FLAGS" "CHAPTER PARAMETERS": cross-validate, committing each fold, then render
+  local name=$1 out=$2 flags=$3 params=$4
   local rel=${out#$REPO/}
   local n_before t0=$SECONDS
   if [ "$(ls "$out"/fold-*.json 2>/dev/null | wc -l)" = 10 ] && [ -z "$(find "$out" -name 'fold-*.json' -newer "$out/training.ipynb" 2>/dev/null)" ] \
      && [ -f "$out/training.ipynb" ]; then echo "$name: done"; return 0; fi
   mkdir -p "$out"
   if [ "${REPORT:-0}" = 1 ]; then
-    render "$out" "$@" -p run_folds False && commit "$name (CPU): page of the run in progress" "$rel"; return
+    render "$out" $params -p run_folds False && commit "$name (CPU): page of the run in progress" "$rel"; return
   fi
   ( while sleep 30; do
       n=$(ls "$out"/fold-*.json 2>/dev/null | wc -l)
       if [ "$n" != "${n_before:-}" ]; then commit "$name (CPU): $n of 10 folds" "$rel"; n_before=$n; fi
     done ) &
   local watcher=$!
-  "$BIN/xray-transfer" train --dataset "$DATASET" --out "$out" "$@"
+  "$BIN/xray-transfer" train --dataset "$DATASET" --out "$out" $flags
   local rc=$?
   kill $watcher 2>/dev/null; wait $watcher 2>/dev/null
   if [ $rc -ne 0 ]; then commit "$name (CPU): folds so far" "$rel"; return $rc; fi
-  render "$out" "$@" || return 1
+  render "$out" $params || return 1
   local also=()
   if [ "$rel" = "artifacts/runs/$name" ]; then  # a paper run: Tables 1-3, README block and figure follow it
     (cd "$REPO" && "$BIN/python" -m xray_transfer.results --write >/dev/null \
@@ -69,48 +64,31 @@ cv() {  # cv NAME OUTDIR ARGS...: cross-validate, committing each fold as it lan
   commit "$name complete (CPU, $((SECONDS - t0)) s this session): folds, training chapter, tables" "$rel" "${also[@]}"
 }
 
-render() {  # render OUTDIR TRAIN_ARGS... [-p name value ...]: execute the training chapter into OUTDIR
+render() {  # render OUTDIR [-p NAME VALUE ...]: execute the training chapter into OUTDIR
   local out=$1; shift
   local nb="$HERE/_build/papermill/training-$$-$RANDOM.ipynb"
   mkdir -p "$HERE/_build/papermill"
   "$BIN/jupytext" --to ipynb -o "$nb" "$HERE/notebooks/training.md" >/dev/null &&
   "$BIN/papermill" --cwd "$HERE/notebooks" --no-progress-bar "$nb" "$out/.training.tmp.ipynb" \
-    -p output_dir "$out" -p dataset_dir "$DATASET" $(papermill_args "$@") >/dev/null &&
+    -p output_dir "$out" -p dataset_dir "$DATASET" "$@" >/dev/null &&
   mv "$out/.training.tmp.ipynb" "$out/training.ipynb"
 }
 
-papermill_args() {  # the train flags this queue uses, as the training chapter's parameters
-  local out=""
-  while [ $# -gt 0 ]; do case $1 in
-    --backbone) out+=" -p backbone $2"; shift 2 ;;
-    --group-by-patient) out+=" -p group_by_patient True"; shift ;;
-    --image-mask) out+=" -p image_mask $2"; shift 2 ;;
-    --batchnorm) out+=" -p batchnorm $2"; shift 2 ;;
-    -p) out+=" -p $2 $3"; shift 3 ;;
-    *) shift ;;
-  esac; done
-  echo "$out"
-}
-
-for job in $JOBS; do
-  kind=${job%%/*} name=${job#*/}
+mapfile -t PLAN < <("$BIN/python" -m xray_transfer.gpu_plan queue "$@")
+[ ${#PLAN[@]} -gt 0 ] || exit 2  # an unknown job: gpu_plan named it
+for line in "${PLAN[@]}"; do
+  IFS=$'\t' read -r job kind out flags params <<< "$line"
+  name=${job#*/}
   echo "== $(date -u +%H:%M:%S) $job"
   case $kind in
-  paper) cv "$name" "$REPO/artifacts/runs/$name" --backbone "$name" ;;
-  audit)
-    case $name in
-    bn-inference-*) cv "$name" "$REPO/artifacts/audit/$name" --backbone "${name#bn-inference-}" --batchnorm inference ;;
-    bn-batch_statistics-*) cv "$name" "$REPO/artifacts/audit/$name" --backbone "${name#bn-batch_statistics-}" --batchnorm batch_statistics ;;
-    grouped-*) cv "$name" "$REPO/artifacts/audit/$name" --backbone "${name#grouped-}" --group-by-patient ;;
-    lungs-hidden-in-frame-*) cv "$name" "$REPO/artifacts/audit/$name" --backbone "${name#lungs-hidden-in-frame-}" --image-mask lungs_hidden_in_frame ;;
-    esac ;;
+  cv) cv "$name" "$REPO/artifacts/$out" "$flags" "$params" ;;
   final)
     if "$BIN/python" -c "import json,sys,hashlib; r=json.load(open(sys.argv[1])); \
 sys.exit(r['dataset']['manifest_sha256'] != hashlib.sha256(open(sys.argv[2],'rb').read()).hexdigest())" \
-       "$REPO/artifacts/models/$name.json" "$DATASET/manifest.csv" 2>/dev/null; then echo "$name: done"; continue; fi
+       "$REPO/artifacts/$out" "$DATASET/manifest.csv" 2>/dev/null; then echo "$name: done"; continue; fi
     mkdir -p "$REPO/data/models" "$REPO/artifacts/models"
-    "$BIN/xray-transfer" final --dataset "$DATASET" --backbone "$name" --out "$REPO/data/models/$name.keras" \
-      && cp "$REPO/data/models/$name.json" "$REPO/artifacts/models/$name.json" \
-      && commit "final model $name (CPU): record" "artifacts/models/$name.json" ;;
+    "$BIN/xray-transfer" final --dataset "$DATASET" $flags --out "$REPO/data/models/$name.keras" \
+      && cp "$REPO/data/models/$name.json" "$REPO/artifacts/$out" \
+      && commit "final model $name (CPU): record" "artifacts/$out" ;;
   esac || echo "!! $job failed (rc $?)" >&2
 done

@@ -1,4 +1,4 @@
-"""Tests of the GPU plan: the job list matches the CPU queue's, and scripts/gpu_run.sh runs end to end
+"""Tests of the GPU plan: scripts/cpu_queue.sh runs its jobs with their flags, and scripts/gpu_run.sh runs end to end
 with smoke settings on the CPU, writing records that name the device and backend, skipping jobs
 whose weights are not there, and packing what comes back."""
 import json
@@ -17,10 +17,42 @@ from xray_transfer.data import assemble, pack
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_jobs_are_the_cpu_queues_in_the_same_order_then_the_benchmark():
-    text = (ROOT / "scripts" / "cpu_queue.sh").read_text()
-    cpu_jobs = re.search(r'ALL_JOBS="([^"]*)"', text).group(1).split()
-    assert list(gpu_plan.JOBS) == cpu_jobs + ["bench/all"]
+def _cpu_queue(tmp_path, *jobs):
+    """scripts/cpu_queue.sh with a stand-in `xray-transfer` that notes its arguments and fails at once."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/usr/bin/env bash\nexec {sys.executable} "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    log = tmp_path / "calls.txt"
+    fake = bin_dir / "xray-transfer"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\nexit 1\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, BIN=str(bin_dir), REPO=str(tmp_path / "repo"), DATASET="D", COMMIT="0")
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "cpu_queue.sh"), *jobs], env=env, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    calls = log.read_text().splitlines() if log.is_file() else []
+    return proc, [c.replace(str(tmp_path / "repo"), "REPO") for c in calls]
+
+
+def test_cpu_queue_runs_the_plans_jobs_in_order_with_their_flags(tmp_path):
+    proc, calls = _cpu_queue(tmp_path)
+    assert len(calls) == len(gpu_plan.JOBS) - 1  # every job but the benchmark, each failing here
+    assert calls[0] == "train --dataset D --out REPO/artifacts/runs/vgg19 --backbone vgg19"
+    assert calls[5] == ("train --dataset D --out REPO/artifacts/audit/bn-batch_statistics-inception_v3 "
+                        "--backbone inception_v3 --batchnorm batch_statistics")
+    assert "train --dataset D --out REPO/artifacts/audit/grouped-vgg19 --backbone vgg19 --group-by-patient" in calls
+    assert ("train --dataset D --out REPO/artifacts/audit/lungs-hidden-in-frame-mobilenet --backbone mobilenet "
+            "--image-mask lungs_hidden_in_frame") in calls
+    assert calls[-1] == "final --dataset D --backbone inception_resnet_v2 --out REPO/data/models/inception_resnet_v2.keras"
+    outs = [c.split("--out ")[1].split()[0] for c in calls]
+    assert [o.split("/")[-1].removesuffix(".keras") for o in outs] == [j.split("/")[1] for j in gpu_plan.JOBS[:-1]]
+    assert proc.stderr.count("!! ") == len(calls)  # a failed job is named and the queue goes on
+
+
+def test_cpu_queue_refuses_an_unknown_job_before_any_work(tmp_path):
+    proc, calls = _cpu_queue(tmp_path, "paper/vgg19", "paper/resnet50")
+    assert proc.returncode == 2 and calls == []
+    assert "unknown job 'paper/resnet50'" in proc.stderr
 
 
 @pytest.mark.parametrize("job, spec", [
@@ -33,7 +65,7 @@ def test_jobs_are_the_cpu_queues_in_the_same_order_then_the_benchmark():
                                                "params": {"backbone": "mobilenet", "image_mask": "lungs_hidden_in_frame"}}),
     ("final/xception", {"kind": "final", "out": "models/xception.json", "params": {"backbone": "xception"}}),
 ])
-def test_job_spec_matches_the_cpu_queues_flags(job, spec):
+def test_job_spec(job, spec):
     assert gpu_plan.job_spec(job) == spec
 
 

@@ -1,7 +1,8 @@
 """Every experiment of the book in one process, in priority order: the plan for a GPU lease.
 
-The jobs are those of ``scripts/cpu_queue.sh`` (the paper runs, the audit runs, the final
-models), then the benchmark. One process runs them all, so the dataset is read once and
+The jobs are the paper runs, the audit runs and the final models (``scripts/cpu_queue.sh``
+runs these on a CPU, from this list: ``python -m xray_transfer.gpu_plan queue``), then the
+benchmark. One process runs them all, so the dataset is read once and
 the fast path's frozen outputs are computed once per backbone, weights, image size and
 pixels, then shared by every run that has the same frozen part. With JAX's persistent
 compilation cache (``scripts/gpu_run.sh`` sets it), a call after the first compiles
@@ -12,6 +13,7 @@ finished folds, so a call can be repeated until all is done.
 
     python -m xray_transfer.gpu_plan run --dataset data/dataset.npz --out .gpu/out [--smoke] [JOB ...]
     python -m xray_transfer.gpu_plan adopt .gpu/out --repo .   # take finished runs into artifacts/
+    python -m xray_transfer.gpu_plan jobs                      # the jobs in priority order
 
 Output, under ``--out``, as in ``artifacts/``: ``runs/<backbone>``, ``audit/<name>``,
 ``models/<backbone>.json`` (the ``.keras`` files stay in ``keras/``, too large to travel
@@ -27,7 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-#: The jobs, in priority order: those of scripts/cpu_queue.sh (ALL_JOBS), then the benchmark.
+#: The jobs, in priority order: the paper runs, the audit runs (BatchNorm comparison first), the
+#: final models, then the benchmark. ``scripts/cpu_queue.sh`` takes all but the benchmark from here.
 JOBS = ("paper/vgg19", "paper/mobilenet", "paper/inception_v3", "paper/xception", "paper/inception_resnet_v2",
         "audit/bn-batch_statistics-inception_v3", "audit/bn-batch_statistics-mobilenet",
         "audit/bn-inference-inception_v3", "audit/bn-inference-mobilenet", "audit/grouped-mobilenet",
@@ -65,6 +68,22 @@ def job_spec(job: str) -> dict:
     if spec is None or spec["params"].get("backbone", "vgg19") not in BACKBONES:
         raise ValueError(f"unknown job {job!r}; known: {', '.join(JOBS)}")
     return spec
+
+
+def queue_line(job: str) -> str:
+    """One job as ``scripts/cpu_queue.sh`` reads it, tab-separated: job, kind, output below
+    ``artifacts/``, the ``xray-transfer train``/``final`` flags, the training chapter's papermill
+    parameters.
+
+    >>> queue_line("audit/grouped-vgg19").split("\\t")
+    ['audit/grouped-vgg19', 'cv', 'audit/grouped-vgg19', '--backbone vgg19 --group-by-patient', '-p backbone vgg19 -p group_by_patient True']
+    """
+    spec = job_spec(job)
+    flags, params = [], []
+    for key, value in spec["params"].items():
+        flags += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
+        params += ["-p", key, str(value)]
+    return "\t".join([job, spec["kind"], spec["out"], " ".join(flags), " ".join(params)])
 
 
 def _weights_missing(backbone: str) -> str | None:
@@ -226,9 +245,19 @@ def main(argv=None) -> int:
     a.add_argument("src")
     a.add_argument("--repo", default=".")
     sub.add_parser("jobs", help="print the jobs in priority order")
+    q = sub.add_parser("queue", help="print the CPU queue's jobs (all but the benchmark), a line each: "
+                                     "job, kind, output, train flags, chapter parameters (tab-separated)")
+    q.add_argument("jobs", nargs="*", help="default: all but bench/all")
     args = p.parse_args(argv)
     if args.cmd == "jobs":
         print("\n".join(JOBS))
+    elif args.cmd == "queue":
+        try:
+            lines = [queue_line(job) for job in args.jobs or [j for j in JOBS if job_spec(j)["kind"] != "bench"]]
+        except ValueError as err:
+            print(f"cpu_queue: {err}", file=sys.stderr)
+            return 2
+        print("\n".join(lines))
     elif args.cmd == "adopt":
         adopt(args.src, args.repo)
     else:
