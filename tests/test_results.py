@@ -363,17 +363,26 @@ def test_cost(synthetic_runs):
     assert cost.loc["mobilenet", "device"] == "gpu: Test GPU"
 
 
-def test_benchmark_table(tmp_path):
-    assert R.benchmark_table(tmp_path / "benchmark.json") is None
-    row = {"plain": {"steady_images_per_second": 100.0, "fold_seconds": 50.0},
-           "fast": {"steady_images_per_second": 1000.0, "fold_seconds": 10.0, "feature_seconds": 0.0},
-           "steady_speedup": 10.0, "fold_speedup": 5.0}
-    (tmp_path / "benchmark.json").write_text(json.dumps(
-        {"environment": {"device": "gpu: X", "backend": "jax", "git": {"commit": "c"}}, "epochs": 2,
-         "fold": "1 of 10", "n_images": 400, "backbones": {"vgg19": row}}))
-    df, raw = R.benchmark_table(tmp_path / "benchmark.json")
-    assert df.loc[0, "steady_speedup"] == 10.0 and raw["environment"]["device"] == "gpu: X"
-    assert df.loc[0, "projected_protocol_speedup"] == pytest.approx(10.0)
+def test_benchmark_table_puts_the_cpu_and_gpu_records_in_one_table(tmp_path):
+    cpu, gpu = tmp_path / "benchmark.json", tmp_path / "gpu" / "benchmark.json"
+    assert R.benchmark_table([cpu, gpu]) is None
+
+    def record(device, speedup):
+        row = {"plain": {"steady_images_per_second": 100.0, "protocol_seconds": 600.0},
+               "fast": {"steady_images_per_second": 100.0 * speedup, "protocol_seconds": 600.0 / speedup,
+                        "fast_path": speedup > 1},
+               "steady_speedup": speedup, "protocol_speedup": speedup}
+        return json.dumps({"environment": {"device": device}, "n_images": 400, "backbones": {"vgg19": row}})
+
+    cpu.write_text(record("cpu: Intel(R) Xeon(R) Processor x2", 6.0))
+    df, records = R.benchmark_table([cpu, gpu])  # the GPU's is pending: the CPU's alone
+    assert list(df["device"]) == ["CPU, 2 cores"] and len(records) == 1
+    gpu.parent.mkdir()
+    gpu.write_text(record("gpu: NVIDIA H100 80GB HBM3", 12.0))
+    df, records = R.benchmark_table([cpu, gpu])
+    assert list(df["device"]) == ["CPU, 2 cores", "NVIDIA H100 80GB HBM3"]
+    assert list(df["protocol_speedup"]) == [6.0, 12.0] and list(df["fast_protocol_seconds"]) == [100.0, 50.0]
+    assert df["fast_path"].all() and list(df["network"]) == ["VGG19", "VGG19"]
 
 
 def test_learning_summary_one_class_predictor(tmp_path):
@@ -385,9 +394,3 @@ def test_learning_summary_one_class_predictor(tmp_path):
     assert learn.loc["xception", "train_accuracy_final"] == 0.9
 
 
-def test_projected_speedup_counts_the_frozen_part_once():
-    row = {"plain": {"steady_images_per_second": 10.0},
-           "fast": {"steady_images_per_second": 40.0, "feature_seconds": 20.0}}
-    # 100 images, 2 folds, 2 epochs: 4 * 50 = 200 training images per path.
-    # plain 200 / 10 = 20 s; fast 20 s * 100/100 + 200 / 40 = 25 s.
-    assert R.projected_speedup(row, 100, n_images=100, n_splits=2, epochs=2) == pytest.approx(20 / 25)

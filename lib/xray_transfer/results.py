@@ -612,40 +612,37 @@ def cost(runs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def projected_speedup(row, n_bench_images, n_images=1428, n_splits=10, epochs=10) -> float:
-    """Plain over fast time for the whole protocol, from the benchmark's measured rates.
+def short_device(device: str) -> str:
+    """A benchmark record's device in a table cell: "CPU, 2 cores" or the GPU's name."""
+    kind, _, name = device.partition(": ")
+    if kind == "cpu":
+        cores = re.search(r" x(\d+)$", name)
+        return f"CPU, {cores.group(1)} cores" if cores else "CPU"
+    return name or device
 
-    Plain: every epoch of every fold at the plain steady rate. Fast: the frozen part once
-    over all images (at the rate measured for the benchmark's images), then every epoch
-    at the fast steady rate. A projection from measured rates, not an end-to-end timing.
+
+def benchmark_table(paths) -> tuple[pd.DataFrame, list[dict]] | None:
+    """Plain ``model.fit`` against our trainer: a row per record and backbone; None if no record exists.
+
+    ``paths`` are ``benchmark.json`` files (the CPU's, then the GPU's); those that do not
+    exist are left out. The protocol times are the record's own: set-up, the first fold,
+    and nine folds at the second's measured cost, each of ten epochs, on the record's images.
     """
-    n_train = n_images * (n_splits - 1) / n_splits
-    steps = n_splits * epochs * n_train
-    plain = steps / row["plain"]["steady_images_per_second"]
-    fast = (row["fast"]["feature_seconds"] * n_images / n_bench_images
-            + steps / row["fast"]["steady_images_per_second"])
-    return plain / fast
-
-
-def benchmark_table(path, n_images=1428) -> tuple[pd.DataFrame, dict] | None:
-    """Plain ``model.fit`` against the fast path from ``benchmark.json``; None if it does not exist.
-
-    ``n_images`` is the size of the dataset the protocol speed-up is projected to.
-    """
-    path = Path(path)
-    if not path.is_file():
+    records = [json.loads(p.read_text()) for p in map(Path, paths) if p.is_file()]
+    if not records:
         return None
-    bench = json.loads(path.read_text())
     rows = []
-    for key, r in bench.get("backbones", {}).items():
-        rows.append({"backbone": key, "network": get_backbone(key).name,
-                     "plain_images_per_second": r["plain"]["steady_images_per_second"],
-                     "fast_images_per_second": r["fast"]["steady_images_per_second"],
-                     "steady_speedup": r["steady_speedup"],
-                     "plain_fold_seconds": r["plain"]["fold_seconds"], "fast_fold_seconds": r["fast"]["fold_seconds"],
-                     "fold_speedup": r["fold_speedup"],
-                     "projected_protocol_speedup": projected_speedup(r, bench["n_images"], n_images)})
-    return pd.DataFrame(rows), bench
+    for bench in records:
+        for key, r in bench["backbones"].items():
+            rows.append({"device": short_device(bench["environment"]["device"]), "backbone": key,
+                         "network": get_backbone(key).name, "n_images": bench["n_images"],
+                         "plain_images_per_second": r["plain"]["steady_images_per_second"],
+                         "fast_images_per_second": r["fast"]["steady_images_per_second"],
+                         "fast_path": bool(r["fast"]["fast_path"]), "steady_speedup": r["steady_speedup"],
+                         "plain_protocol_seconds": r["plain"]["protocol_seconds"],
+                         "fast_protocol_seconds": r["fast"]["protocol_seconds"],
+                         "protocol_speedup": r["protocol_speedup"]})
+    return pd.DataFrame(rows), records
 
 
 # --------------------------------------------------------------------------- CSV files
