@@ -10,7 +10,7 @@
 # its training chapter is executed with papermill (it finds every fold done and renders).
 #
 #   scripts/cpu_queue.sh [JOB ...]      # default: all jobs; a job is e.g. paper/vgg19
-#   REPORT=1 scripts/cpu_queue.sh JOB   # train nothing: render the page of a run in progress
+#   REPORT=1 scripts/cpu_queue.sh JOB   # train nothing: render the page from the folds done so far
 #
 # REPO (default: this checkout) is where artifacts go; with COMMIT=1 every finished fold,
 # page and model record is committed there as it appears (paths given, so other staged
@@ -39,12 +39,12 @@ cv() {  # cv NAME OUTDIR "TRAIN FLAGS" "CHAPTER PARAMETERS": cross-validate, com
   local name=$1 out=$2 flags=$3 params=$4
   local rel=${out#$REPO/}
   local n_before t0=$SECONDS
-  if [ "$(ls "$out"/fold-*.json 2>/dev/null | wc -l)" = 10 ] && [ -z "$(find "$out" -name 'fold-*.json' -newer "$out/training.ipynb" 2>/dev/null)" ] \
-     && [ -f "$out/training.ipynb" ]; then echo "$name: done"; return 0; fi
   mkdir -p "$out"
   if [ "${REPORT:-0}" = 1 ]; then
-    render "$out" $params -p run_folds False && commit "$name (CPU): page of the run in progress" "$rel"; return
+    render "$out" $params -p run_folds False && commit "$name (CPU): page rendered from the finished folds" "$rel"; return
   fi
+  if [ "$(ls "$out"/fold-*.json 2>/dev/null | wc -l)" = 10 ] && [ -z "$(find "$out" -name 'fold-*.json' -newer "$out/training.ipynb" 2>/dev/null)" ] \
+     && [ -f "$out/training.ipynb" ]; then echo "$name: done"; return 0; fi
   ( while sleep 30; do
       n=$(ls "$out"/fold-*.json 2>/dev/null | wc -l)
       if [ "$n" != "${n_before:-}" ]; then commit "$name (CPU): $n of 10 folds" "$rel"; n_before=$n; fi
