@@ -392,5 +392,7 @@ def test_learning_summary_one_class_predictor(tmp_path):
     assert learn.loc["xception", "top_predicted_share"] == 1.0
     assert learn.loc["xception", "true_share_of_top_class"] == 0.5
     assert learn.loc["xception", "train_accuracy_final"] == 0.9
+    assert learn.loc["xception", "half_epoch"] == 1  # of 2 epochs
+    assert learn.loc["xception", "heldout_accuracy_half"] == 0.5 and learn.loc["xception", "heldout_accuracy_final"] == 0.6
 
 

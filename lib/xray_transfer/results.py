@@ -566,8 +566,9 @@ def listing(items) -> str:
 
 # --------------------------------------------------------------------------- learning curves, cost
 def learning_summary(runs) -> pd.DataFrame:
-    """Per complete run: final-epoch training and held-out accuracy (mean over folds) and
-    how concentrated the held-out predictions are (share of the most predicted class)."""
+    """Per complete run: training and held-out accuracy (mean over folds) after the last epoch,
+    held-out accuracy halfway (``half_epoch``), and how concentrated the held-out predictions
+    are (share of the most predicted class)."""
     import numpy as np
 
     rows = []
@@ -582,6 +583,8 @@ def learning_summary(runs) -> pd.DataFrame:
                      "train_accuracy_final": float(np.mean([f["history"]["accuracy"][-1] for f in folds])),
                      "train_accuracy_max": float(np.max([max(f["history"]["accuracy"]) for f in folds])),
                      "heldout_accuracy_final": float(np.mean([f["history"]["test_accuracy"][-1] for f in folds])),
+                     "half_epoch": (half := max(len(folds[0]["history"]["test_accuracy"]) // 2, 1)),
+                     "heldout_accuracy_half": float(np.mean([f["history"]["test_accuracy"][half - 1] for f in folds])),
                      "top_predicted_class": int(counts.argmax()),
                      "top_predicted_share": float(counts.max() / counts.sum()),
                      "true_share_of_top_class": float(np.mean(true == counts.argmax()))})
