@@ -69,8 +69,8 @@ results: $(STAMP)  ## regenerate results/table{1,2,3}.csv, README's headline blo
 	$(BIN)/python -m xray_transfer.results --glance book/images/at_a_glance.png
 
 # The committed benchmark: per backbone, plain model.fit and our trainer, each for 2 epochs on
-# two folds of a stratified 400-image subset (about 16 min on 2 idle CPU cores, estimated from
-# the one-fold version's 8). BENCH_ARGS= (empty) times the whole dataset.
+# two folds of a stratified 400-image subset (29 min on 2 idle Intel Xeon cores, measured
+# 2026-11-27). BENCH_ARGS= (empty) times the whole dataset.
 BENCH_ARGS ?= --limit 400
 benchmark: $(STAMP)  ## time plain model.fit against our trainer, per backbone
 	$(BIN)/xray-transfer benchmark --dataset $(DATASET) --out artifacts/benchmark $(BENCH_ARGS)
