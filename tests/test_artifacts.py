@@ -85,3 +85,11 @@ def test_dataset_and_benchmark_records_carry_provenance():
         assert bench["manifest_sha256"] == manifest
         assert bench["epochs"] >= 1 and bench["n_images"] > 0 and bench["weights"]
         assert len(bench["environment"]["git"]["commit"]) == 40 and bench["environment"]["git"]["dirty"] is not True
+
+
+def test_current_benchmarks_have_every_field_the_results_chapter_reads():
+    from xray_transfer.benchmark import check_record
+
+    for path in [ART / "benchmark" / "benchmark.json", ART / "benchmark" / "gpu" / "benchmark.json"]:
+        if path.exists():
+            check_record(json.loads(path.read_text()))  # raises naming what is missing
