@@ -3,7 +3,6 @@ with smoke settings on the CPU, writing records that name the device and backend
 whose weights are not there, and packing what comes back."""
 import json
 import os
-import re
 import subprocess
 import sys
 import tarfile
