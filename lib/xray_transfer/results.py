@@ -628,8 +628,9 @@ def benchmark_table(paths) -> tuple[pd.DataFrame, list[dict]] | None:
     """Plain ``model.fit`` against our trainer: a row per record and backbone; None if no record exists.
 
     ``paths`` are ``benchmark.json`` files (the CPU's, then the GPU's); those that do not
-    exist are left out. The protocol times are the record's own: set-up, the first fold,
-    and nine folds at the second's measured cost, each of ten epochs, on the record's images.
+    exist are left out. The protocol times are the record's own: set-up, the first fold, and
+    every later fold at the second's measured cost, each of the protocol's epochs, on the
+    record's images.
     """
     records = [json.loads(p.read_text()) for p in map(Path, paths) if p.is_file()]
     if not records:
