@@ -78,6 +78,7 @@ def test_dataset_and_benchmark_records_carry_provenance():
     assert len(DATASET["manifest_sha256"]) == 64
     assert len(DATASET["git"]["commit"]) == 40 and DATASET["versions"]["pillow"]
     for path, manifest in [(ART / "benchmark" / "benchmark.json", DATASET["manifest_sha256"]),
+                           (ART / "benchmark" / "gpu" / "benchmark.json", DATASET["manifest_sha256"]),
                            (EARLIER / "benchmark" / "benchmark.json", EARLIER_MANIFEST)]:
         if not path.exists():
             continue

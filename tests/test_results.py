@@ -383,6 +383,8 @@ def test_benchmark_table_puts_the_cpu_and_gpu_records_in_one_table(tmp_path):
     assert list(df["device"]) == ["CPU, 2 cores", "NVIDIA H100 80GB HBM3"]
     assert list(df["protocol_speedup"]) == [6.0, 12.0] and list(df["fast_protocol_seconds"]) == [100.0, 50.0]
     assert df["fast_path"].all() and list(df["network"]) == ["VGG19", "VGG19"]
+    # a record stopped after VGG19 names the four networks it never measured
+    assert R.benchmark_absent(records[1]) == ["MobileNet v1", "Inception v3", "Xception", "Inception ResNet v2"]
 
 
 def test_learning_summary_one_class_predictor(tmp_path):

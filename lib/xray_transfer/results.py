@@ -402,6 +402,19 @@ def pct(value, sign=False) -> str:
     return text.replace("-", "\u2212")
 
 
+def duration(seconds) -> str:
+    """A time for people: seconds under two minutes, minutes under two hours, else hours.
+
+    >>> duration(91.8), duration(1168), duration(7917)
+    ('92 s', '19 min', '2.2 h')
+    """
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def short_hash(sha, n=12) -> str:
     """A long hash shortened for a table cell, as git shortens commits: its first ``n`` characters.
 
@@ -552,6 +565,17 @@ def headline(t2: pd.DataFrame, runs, folds=True) -> str:
     return " ".join(out)
 
 
+def complete_phrase(n_complete: int) -> str:
+    """How many of the five backbones have a complete run, as the start of a sentence.
+
+    >>> complete_phrase(5), complete_phrase(3), complete_phrase(1)
+    ('All five backbones have', '3 of the five backbones have', '1 of the five backbones has')
+    """
+    if n_complete == len(TABLE1):
+        return "All five backbones have"
+    return f"{n_complete} of the five backbones {'has' if n_complete == 1 else 'have'}"
+
+
 def listing(items) -> str:
     """'a', 'a and b', 'a, b and c'.
 
@@ -647,6 +671,11 @@ def benchmark_table(paths) -> tuple[pd.DataFrame, list[dict]] | None:
                          "fast_protocol_seconds": r["fast"]["protocol_seconds"],
                          "protocol_speedup": r["protocol_speedup"]})
     return pd.DataFrame(rows), records
+
+
+def benchmark_absent(record) -> list[str]:
+    """The Table 1 networks a ``benchmark.json`` record has no row for (a run stopped early), in Table 1's order."""
+    return [b.name for b in TABLE1 if b.key not in record["backbones"]]
 
 
 # --------------------------------------------------------------------------- CSV files
