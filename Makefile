@@ -101,7 +101,7 @@ audit-run-%: $(STAMP)  ## e.g. make audit-run-grouped-vgg19: one audit run
 cpu-queue: $(STAMP)  ## every experiment of the book on the CPU, in priority order (resumes; many hours)
 	scripts/cpu_queue.sh
 
-audit: $(STAMP)  ## execute the audit chapter (needs the data, the audit runs and final models)
+audit: $(STAMP)  ## execute the audit chapter (needs the data; lists the audit runs and final models not made yet)
 	$(MAKE) run CH=audit OUT=artifacts/audit
 
 # ---- a GPU lease (see scripts/gpu_run.sh and book/how_to_reproduce.md, "On a GPU")

@@ -8,6 +8,8 @@
 # xray_transfer.gpu_plan queue` prints them): the GPU plan's list, less the benchmark.
 # Each cross-validation runs through `xray-transfer train` (finished folds are kept), then
 # its training chapter is executed with papermill (it finds every fold done and renders).
+# The audit chapter reads the runs and the final models, so it is executed again with every
+# fold and model committed (artifacts/audit/audit.ipynb; tests/test_artifacts.py checks it).
 #
 #   scripts/cpu_queue.sh [JOB ...]      # default: all jobs; a job is e.g. paper/vgg19
 #   REPORT=1 scripts/cpu_queue.sh JOB   # train nothing: render the page from the folds done so far
@@ -47,7 +49,7 @@ cv() {  # cv NAME OUTDIR "TRAIN FLAGS" "CHAPTER PARAMETERS": cross-validate, com
      && [ -f "$out/training.ipynb" ]; then echo "$name: done"; return 0; fi
   ( while sleep 30; do
       n=$(ls "$out"/fold-*.json 2>/dev/null | wc -l)
-      if [ "$n" != "${n_before:-}" ]; then commit "$name (CPU): $n of 10 folds" "$rel"; n_before=$n; fi
+      if [ "$n" != "${n_before:-}" ]; then audit_page && commit "$name (CPU): $n of 10 folds" "$rel" "${AUDIT_PAGE[@]}"; n_before=$n; fi
     done ) &
   local watcher=$!
   "$BIN/xray-transfer" train --dataset "$DATASET" --out "$out" $flags
@@ -61,7 +63,22 @@ cv() {  # cv NAME OUTDIR "TRAIN FLAGS" "CHAPTER PARAMETERS": cross-validate, com
       && "$BIN/python" -m xray_transfer.results --glance book/images/at_a_glance.png >/dev/null) || return 1
     also=(results README.md book/images/at_a_glance.png)
   fi
-  commit "$name complete (CPU, $((SECONDS - t0)) s this session): folds, training chapter, tables" "$rel" "${also[@]}"
+  audit_page || return 1
+  commit "$name complete (CPU, $((SECONDS - t0)) s this session): folds, training chapter, tables" "$rel" "${also[@]}" \
+    "${AUDIT_PAGE[@]}"
+}
+
+AUDIT_PAGE=(artifacts/audit/audit.ipynb artifacts/audit/audit-inputs.json)
+audit_page() {  # execute the audit chapter on REPO's runs and models into REPO/artifacts/audit
+  local nb="$HERE/_build/papermill/audit-$$-$RANDOM.ipynb" tmp="$REPO/artifacts/audit/.audit.tmp.ipynb"
+  mkdir -p "$HERE/_build/papermill" "$REPO/artifacts/audit"
+  "$BIN/jupytext" --to ipynb -o "$nb" "$HERE/notebooks/audit.md" >/dev/null &&
+  "$BIN/xray-transfer" execute --cwd "$HERE/notebooks" "$nb" "$tmp" -p output_dir "$REPO/artifacts/audit" \
+    -p dataset_dir "$DATASET" -p runs_dir "$REPO/artifacts/runs" -p audit_dir "$REPO/artifacts/audit" \
+    -p models_dir "$REPO/data/models" >/dev/null 2>&1 &&
+  mv "$tmp" "$REPO/artifacts/audit/audit.ipynb" || { echo "audit chapter failed: see $tmp" >&2; return 1; }
+  AUDIT_PAGE=(artifacts/audit/audit.ipynb artifacts/audit/audit-inputs.json
+              $(cd "$REPO" && ls artifacts/audit/adult-non-covid-*.csv 2>/dev/null))
 }
 
 render() {  # render OUTDIR [-p NAME VALUE ...]: execute the training chapter into OUTDIR
@@ -88,7 +105,7 @@ sys.exit(r['dataset']['manifest_sha256'] != hashlib.sha256(open(sys.argv[2],'rb'
        "$REPO/artifacts/$out" "$DATASET/manifest.csv" 2>/dev/null; then echo "$name: done"; continue; fi
     mkdir -p "$REPO/data/models" "$REPO/artifacts/models"
     "$BIN/xray-transfer" final --dataset "$DATASET" $flags --out "$REPO/data/models/$name.keras" \
-      && cp "$REPO/data/models/$name.json" "$REPO/artifacts/$out" \
-      && commit "final model $name (CPU): record" "artifacts/$out" ;;
+      && cp "$REPO/data/models/$name.json" "$REPO/artifacts/$out" && audit_page \
+      && commit "final model $name (CPU): record, audit chapter" "artifacts/$out" "${AUDIT_PAGE[@]}" ;;
   esac || echo "!! $job failed (rc $?)" >&2
 done

@@ -94,3 +94,12 @@ def test_current_benchmarks_have_every_field_the_results_chapter_reads():
     for path in [ART / "benchmark" / "benchmark.json", ART / "benchmark" / "gpu" / "benchmark.json"]:
         if path.exists():
             check_record(json.loads(path.read_text()))  # raises naming what is missing
+
+
+def test_audit_page_was_executed_on_the_committed_runs_and_models():
+    from xray_transfer.audit import stale_inputs
+
+    record = json.loads((ART / "audit" / "audit-inputs.json").read_text())
+    stale = stale_inputs(record, ART)
+    assert not stale, ("artifacts/audit/audit.ipynb is older than what it reads; re-execute it (`make audit`):\n"
+                       + "\n".join(stale))

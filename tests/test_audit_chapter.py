@@ -3,6 +3,7 @@
 Some runs and models exist, others not: the chapter must show what exists, mark what is
 missing as pending, and never put an unfinished run in a table. About a minute on 2 CPU cores.
 """
+import json
 from pathlib import Path
 
 import jupytext
@@ -77,3 +78,19 @@ def test_audit_chapter_scores_come_from_the_runs(executed):
 def test_scores_table_refuses_runs_on_another_dataset(executed):
     with pytest.raises(ValueError, match="made on dataset .* re-run it on the current dataset"):
         audit.scores_table({"x": executed["tmp"] / "runs" / "mobilenet"}, manifest_sha256="f" * 64)
+
+
+def test_audit_page_records_what_it_read_and_a_check_sees_artifacts_move_on(executed):
+    tmp = executed["tmp"]
+    record = json.loads((tmp / "out" / "audit-inputs.json").read_text())
+    assert record["runs"]["audit/grouped-mobilenet"] == 2 and record["runs"]["audit/lungs-hidden-in-frame-mobilenet"] == 1
+    assert record["models"]["mobilenet"] and record["models"]["vgg19"] is None
+    assert audit.stale_inputs(record, tmp) == []  # the tree it read: nothing moved
+    moved = json.loads(json.dumps(record))
+    moved["runs"]["audit/lungs-hidden-in-frame-mobilenet"] = 0  # a fold landed after the page ran
+    del moved["runs"]["audit/grouped-mobilenet"]  # an audit run the page never read
+    moved["models"]["vgg19"] = "0" * 64  # a model that is not there any more
+    stale = audit.stale_inputs(moved, tmp)
+    assert any("lungs-hidden-in-frame-mobilenet: the page read 0 folds, artifacts/ has 1" in s for s in stale)
+    assert "audit/grouped-mobilenet: not read by the page" in stale
+    assert any(s.startswith("models/vgg19") for s in stale)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -136,3 +137,33 @@ def scores_table(runs: dict, manifest_sha256=None):
             row[header] = f"{100 * s['pooled'][key]:.1f}" if s["pooled"] else "—"
         rows[name] = row
     return pd.DataFrame(rows).T
+
+
+def inputs_record(run_dirs, model_sha256: dict) -> dict:
+    """What an executed audit page read: the folds done in each run folder, keyed
+    ``"<parent>/<name>"`` (``"runs/mobilenet"``, ``"audit/bn-inference-mobilenet"``), and the
+    SHA-256 of each model trained on all images, by backbone (None where it was absent)."""
+    runs = {f"{Path(d).parent.name}/{Path(d).name}": len(list(Path(d).glob("fold-*.json"))) for d in run_dirs}
+    return {"runs": dict(sorted(runs.items())), "models": dict(sorted(model_sha256.items()))}
+
+
+def stale_inputs(record: dict, artifacts="artifacts") -> list[str]:
+    """How ``artifacts/`` differs from what an audit page read (``inputs_record``); empty if it does not.
+
+    Audit run folders the page never read count too.
+    """
+    art, stale = Path(artifacts), []
+    for key, folds in record["runs"].items():
+        now = len(list((art / key).glob("fold-*.json")))
+        if now != folds:
+            stale.append(f"{key}: the page read {folds} folds, artifacts/ has {now}")
+    for run in sorted((art / "audit").glob("*/run.json")):
+        key = f"audit/{run.parent.name}"
+        if key not in record["runs"]:
+            stale.append(f"{key}: not read by the page")
+    for backbone, sha in record["models"].items():
+        path = art / "models" / f"{backbone}.json"
+        now = json.loads(path.read_text())["model_sha256"] if path.is_file() else None
+        if now != sha:
+            stale.append(f"models/{backbone}: the page read {sha and sha[:12]}, artifacts/ has {now and now[:12]}")
+    return stale
