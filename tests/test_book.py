@@ -255,7 +255,8 @@ def test_audit_page_shows_every_experiment_complete(book):
     assert audit_page.is_file(), "the audit chapter is not in the built book"
     text = audit_page.read_text()
     page = parse(text)
-    for fig in ("fig-audit-lungs-hidden", "fig-audit-folds", "fig-audit-confound", "fig-audit-saliency"):
+    for fig in ("earlier-fig-audit-lungs-hidden", "earlier-fig-audit-folds", "earlier-fig-audit-confound",
+                "earlier-fig-audit-saliency"):  # labels prefixed so that the current audit's stay unique
         assert fig in page.ids, f"figure {fig} is missing from the audit page"
     assert len(page.images) >= 4
     for src in page.images:
@@ -266,6 +267,17 @@ def test_audit_page_shows_every_experiment_complete(book):
     assert "{glue:" not in text and "{numref}" not in text
     pasted = re.findall(r'<span class="pasted-text">(.*?)</span>', text, flags=re.S)
     assert pasted and not [p for p in pasted if re.search(r"\bnan\b", p)], "glued values missing or 'nan'"
+
+
+def test_current_audit_page_shows_the_batchnorm_comparison(book):
+    """The audit executed on the current runs is in the book with its BatchNorm table and figure,
+    and links to the earlier runs' audit."""
+    audit_page = HTML / "artifacts" / "audit" / "audit.html"
+    assert audit_page.is_file(), "the current audit chapter is not in the built book"
+    page = parse(audit_page.read_text())
+    for label in ("tbl-audit-bn-runs", "fig-audit-batchnorm", "audit-batchnorm"):
+        assert label in page.ids, f"{label} is missing from the current audit page"
+    assert any("earlier-1426/audit/audit.html" in link for link in page.links)
 
 
 # --------------------------------------------------------------------------- every page, as a reader sees it
