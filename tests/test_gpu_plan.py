@@ -54,6 +54,39 @@ def test_cpu_queue_refuses_an_unknown_job_before_any_work(tmp_path):
     assert "unknown job 'paper/resnet50'" in proc.stderr
 
 
+def test_cpu_queue_commits_a_final_model_with_the_audit_chapter_executed_again(tmp_path):
+    """With COMMIT=1 a finished job lands in one commit with the audit page that read it (stand-ins
+    for `xray-transfer final/execute` and jupytext)."""
+    bin_dir, repo, dataset = tmp_path / "bin", tmp_path / "repo", tmp_path / "D"
+    for d in (bin_dir, repo, dataset):
+        d.mkdir()
+    (dataset / "manifest.csv").write_text("file,label\n")
+    stand_ins = {
+        "python": f'exec {sys.executable} "$@"',
+        "jupytext": 'while [ $# -gt 0 ]; do [ "$1" = -o ] && echo {} > "$2"; shift; done',
+        "xray-transfer": ('case $1 in\n'
+                          '  final) out=${@: -1}; echo \'{"dataset": {"manifest_sha256": "x"}}\' > "${out%.keras}.json" ;;\n'
+                          '  execute) echo {} > "$5"; echo {} > "$(dirname "$5")/audit-inputs.json" ;;\n'
+                          '  *) exit 1 ;;\n'
+                          'esac'),
+    }
+    for name, body in stand_ins.items():
+        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "start"], check=True)
+    env = dict(os.environ, BIN=str(bin_dir), REPO=str(repo), DATASET=str(dataset), COMMIT="1",
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "cpu_queue.sh"), "final/vgg19"], env=env,
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    log = subprocess.run([*git, "log", "-1", "--name-only", "--format=%s"], capture_output=True, text=True).stdout
+    assert log.splitlines()[0] == "final model vgg19 (CPU): record, audit chapter"
+    assert {"artifacts/models/vgg19.json", "artifacts/audit/audit.ipynb", "artifacts/audit/audit-inputs.json"} \
+        <= set(log.splitlines()[1:])
+
+
 @pytest.mark.parametrize("job, spec", [
     ("paper/vgg19", {"kind": "cv", "out": "runs/vgg19", "params": {"backbone": "vgg19"}}),
     ("audit/bn-inference-inception_v3", {"kind": "cv", "out": "audit/bn-inference-inception_v3",
