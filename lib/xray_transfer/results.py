@@ -639,6 +639,11 @@ def cost(runs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def backend_name(backend: str) -> str:
+    """A Keras backend as its project spells it: "jax" -> "JAX", "tensorflow" -> "TensorFlow"."""
+    return {"jax": "JAX", "tensorflow": "TensorFlow", "torch": "PyTorch", "numpy": "NumPy"}.get(backend, backend)
+
+
 def short_device(device: str) -> str:
     """A benchmark record's device in a table cell: "CPU, 2 cores" or the GPU's name."""
     kind, _, name = device.partition(": ")
