@@ -67,6 +67,15 @@ def test_audit_chapter_marks_missing_and_unfinished_runs_pending(executed):
     assert "make final-vgg19" in shown  # the missing final model is named
 
 
+def test_audit_chapter_prints_no_stray_values(executed):
+    """Every text/plain output is a figure's or table's stand-in, never a bare value such as a count
+    of bytes written."""
+    stray = [o["data"]["text/plain"] for c in executed["nb"].cells for o in c.get("outputs", [])
+             if o.get("output_type") == "execute_result" and "text/markdown" not in o.get("data", {})
+             and "image/png" not in o.get("data", {})]
+    assert not stray, stray
+
+
 def test_audit_chapter_scores_come_from_the_runs(executed):
     shown = "\n".join(notebook_texts(executed["nb"]))
     grouped = audit.run_summary(executed["tmp"] / "audit" / "grouped-mobilenet")["pooled"]
