@@ -14,16 +14,14 @@
 #                             (models.OFFLINE_WEIGHTS) and its card, which the run records quote
 # A call carries at most 64 MiB (8 paths); the four weights files (126 MiB) do not fit one call.
 # Files carried once stay on the warm machine (and so do .gpu/out and .gpu/jax-cache), so a lease
-# is several calls of this script, the paper runs first:
-#   1: .whl .gpu/dataset.npz .gpu/commit + MobileNet's file and card   paper/mobilenet
-#   2: VGG19's file and card          paper/vgg19
-#   3: Inception v3's file and card   paper/inception_v3
-#   4: Xception's file and card       paper/xception
-#   5, 6, ...: nothing                (no job named: every job in priority order, Inception ResNet v2's
-#                                     paper run first, the finished ones skipped) until all are done
-# A job whose weights file is not there is skipped with a note; every run resumes from its folds.
-# A new lease (a bare machine) starts again from call 1, and goes on where the last stopped if
-# call 1 also carries .gpu/out (here: `tar xzf gpu-out.tgz -C .gpu`).
+# is several calls of this script, each carrying one more weights file:
+#   1: .whl .gpu/dataset.npz .gpu/commit + MobileNet's file and card
+#   2: VGG19's file and card;  3: Inception v3's;  4: Xception's;  5, 6, ...: nothing
+# With no job named, a call runs what the committed artifacts/ lack (`python -m xray_transfer.gpu_plan
+# todo`) but the final models, whose .keras files cannot come back: name final/<backbone> to make one.
+# A job whose weights file is not there is skipped with a note; every run resumes from its folds, and
+# a finished benchmark is not run again. A new lease (a bare machine) starts again from call 1, and
+# goes on where the last stopped if call 1 also carries .gpu/out (here: `tar xzf gpu-out.tgz -C .gpu`).
 # book/how_to_reproduce.md ("Every experiment in one GPU lease") gives the exact calls.
 #
 # Output: .gpu/out/{runs,audit,models,benchmark}, laid out as artifacts/, and plan-log.jsonl
@@ -34,7 +32,7 @@
 #   tar xzf <files_at>/gpu-out.tgz -C /tmp && .venv/bin/python -m xray_transfer.gpu_plan adopt /tmp/out
 #
 #   SMOKE=1 scripts/gpu_run.sh        tiny settings, to check the script (runs on a CPU too)
-#   scripts/gpu_run.sh JOB ...        only these jobs (python -m xray_transfer.gpu_plan jobs lists them)
+#   scripts/gpu_run.sh JOB ...        only these jobs (python -m xray_transfer.gpu_plan jobs lists them all)
 # DATASET (default .gpu/dataset.npz), GPU_DIR (default .gpu) and PYTHON (default python3) can be set.
 set -u -o pipefail
 cd "$(dirname "$0")/.."  # the repository root: lib/ is imported from there
@@ -53,7 +51,7 @@ export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$GPU_DIR/jax-cache
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0.5}
 export TF_CPP_MIN_LOG_LEVEL=2
 R=$GPU_DIR/out; mkdir -p "$R"
-JOBS=("$@"); [ ${#JOBS[@]} -eq 0 ] && mapfile -t JOBS < <("$PYTHON" -m xray_transfer.gpu_plan jobs)
+JOBS=("$@"); [ ${#JOBS[@]} -eq 0 ] && mapfile -t JOBS < <("$PYTHON" -m xray_transfer.gpu_plan todo | grep -v '^final/')
 TRAIN=(); BENCH=()
 for j in "${JOBS[@]}"; do if [ "$j" = bench/all ]; then BENCH=(bench/all); else TRAIN+=("$j"); fi; done
 SMOKE_ARG=""; [ "${SMOKE:-0}" = 1 ] && SMOKE_ARG="--smoke"

@@ -12,6 +12,7 @@ import pytest
 
 from xray_transfer import benchmark, gpu_plan
 from xray_transfer.data import assemble, pack
+from xray_transfer.models import TABLE1
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,6 +105,30 @@ def test_job_spec(job, spec):
 def test_unknown_job_is_refused_by_name():
     with pytest.raises(ValueError, match="unknown job 'paper/resnet50'"):
         gpu_plan.job_spec("paper/resnet50")
+
+
+def test_todo_lists_what_artifacts_lack_in_priority_order(tmp_path):
+    art = tmp_path / "artifacts"
+
+    def write(path, record):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record))
+
+    write(art / "dataset" / "dataset.json", {"manifest_sha256": "m"})
+    for run, folds, manifest in [("runs/vgg19", 2, "m"), ("runs/mobilenet", 1, "m"), ("runs/xception", 2, "old")]:
+        write(art / run / "run.json", {"params": {"n_splits": 2}, "dataset": {"manifest_sha256": manifest}})
+        for k in range(folds):
+            write(art / run / f"fold-{k:02d}.json", {})
+    write(art / "models" / "vgg19.json", {"dataset": {"manifest_sha256": "m"}})
+    write(art / "models" / "mobilenet.json", {"dataset": {"manifest_sha256": "old"}})
+    row = {"plain": {}, "fast": {}}
+    write(art / "benchmark" / "gpu" / "benchmark.json", {"manifest_sha256": "m", "backbones": {"vgg19": row}})
+    left = gpu_plan.todo(tmp_path)
+    assert left == [j for j in gpu_plan.JOBS if j not in ("paper/vgg19", "final/vgg19")]  # order kept
+    assert "paper/mobilenet" in left and "paper/xception" in left  # unfinished; made on another dataset
+    write(art / "benchmark" / "gpu" / "benchmark.json",
+          {"manifest_sha256": "m", "backbones": {b.key: row for b in TABLE1}})
+    assert "bench/all" not in gpu_plan.todo(tmp_path)  # a row for every network: done
 
 
 @pytest.fixture(scope="module")

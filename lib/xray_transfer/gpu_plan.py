@@ -159,6 +159,8 @@ def run_plan(dataset_path, out_root, jobs=JOBS, smoke=False, progress=False, log
                     record.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(out_root / "keras" / f"{key}.json", record)
                     entry["status"] = f"model sha256 {rec['model_sha256'][:12]}"
+            elif _benchmarked(out_root / spec["out"] / "benchmark.json", dataset.manifest_sha256) and not smoke:
+                entry["status"] = "done before"
             else:
                 bench = (dict(BENCH, epochs=1, backbones=["vgg19"], limit=SMOKE["limit"], n_splits=SMOKE["n_splits"],
                               image_size=SMOKE["image_size"]) if smoke else dict(BENCH))
@@ -178,12 +180,57 @@ def run_plan(dataset_path, out_root, jobs=JOBS, smoke=False, progress=False, log
     return done
 
 
+def _benchmarked(path: Path, manifest_sha256: str) -> bool:
+    """Whether ``path`` is a benchmark record of this dataset with a row for every network."""
+    from .models import BACKBONES
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("manifest_sha256") == manifest_sha256 and set(BACKBONES) <= set(record.get("backbones", {}))
+
+
 def _complete(run_dir: Path) -> bool:
     try:
         rec = json.loads((run_dir / "run.json").read_text())
     except (OSError, ValueError):
         return False
     return len(list(run_dir.glob("fold-*.json"))) == rec["params"]["n_splits"]
+
+
+def todo(repo=".", jobs=JOBS) -> list[str]:
+    """The jobs whose results the repository's ``artifacts/`` lacks, in priority order: what a lease
+    should run (``scripts/gpu_run.sh`` with no job named runs these).
+
+    A run is done when every fold is there and it was made on the dataset of
+    ``artifacts/dataset/dataset.json``; a final model when its record was; the benchmark when the
+    GPU's record was and has a row for every network.
+    """
+    art = Path(repo) / "artifacts"
+    manifest = json.loads((art / "dataset" / "dataset.json").read_text())["manifest_sha256"]
+
+    def made_on(path, *keys):
+        try:
+            record = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            return None
+        for key in keys:
+            record = record.get(key, {})
+        return record or None
+
+    left = []
+    for job in jobs:
+        spec = job_spec(job)
+        out = art / spec["out"]
+        if spec["kind"] == "cv":
+            done = _complete(out) and made_on(out / "run.json", "dataset", "manifest_sha256") == manifest
+        elif spec["kind"] == "final":
+            done = made_on(out, "dataset", "manifest_sha256") == manifest
+        else:
+            done = _benchmarked(art / "benchmark" / "gpu" / "benchmark.json", manifest)
+        if not done:
+            left.append(job)
+    return left
 
 
 def adopt(src_root, repo=".", log=print) -> list[str]:
@@ -245,12 +292,16 @@ def main(argv=None) -> int:
     a.add_argument("src")
     a.add_argument("--repo", default=".")
     sub.add_parser("jobs", help="print the jobs in priority order")
+    t = sub.add_parser("todo", help="print the jobs whose results artifacts/ lacks, in priority order")
+    t.add_argument("--repo", default=".")
     q = sub.add_parser("queue", help="print the CPU queue's jobs (all but the benchmark), a line each: "
                                      "job, kind, output, train flags, chapter parameters (tab-separated)")
     q.add_argument("jobs", nargs="*", help="default: all but bench/all")
     args = p.parse_args(argv)
     if args.cmd == "jobs":
         print("\n".join(JOBS))
+    elif args.cmd == "todo":
+        print("\n".join(todo(args.repo)))
     elif args.cmd == "queue":
         try:
             lines = [queue_line(job) for job in args.jobs or [j for j in JOBS if job_spec(j)["kind"] != "bench"]]
