@@ -117,7 +117,7 @@ gpu-stage: pack gpu-wheels  ## put what a GPU call carries into .gpu/ and .whl/ 
 		| while read f; do cp -u "$(WEIGHTS_DIR)/$$f" "$(WEIGHTS_DIR)/$${f%.weights.h5}.json" .gpu/; done
 	du -sh .whl .gpu/*
 
-# The GPU script end to end on this CPU, tiny settings: every job. Keras on JAX compiles slowly on a
+# The GPU script end to end on this CPU, tiny settings: the jobs artifacts/ lacks. Keras on JAX compiles slowly on a
 # CPU (about 2 min a job on 2 busy cores); SMOKE_BACKEND=tensorflow checks the same script faster.
 SMOKE_BACKEND ?= jax
 gpu-smoke: $(STAMP)  ## SMOKE=1 scripts/gpu_run.sh on the CPU (Keras on $(SMOKE_BACKEND)), into _build/gpu-smoke
