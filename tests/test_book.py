@@ -269,6 +269,20 @@ def test_audit_page_shows_every_experiment_complete(book):
     assert pasted and not [p for p in pasted if re.search(r"\bnan\b", p)], "glued values missing or 'nan'"
 
 
+def test_results_page_gives_the_batchnorm_comparison_from_the_audit_runs(book):
+    """Beside Table 2's BatchNorm choice, the results chapter quotes the audit's complete runs."""
+    from xray_transfer import audit
+
+    text = re.sub(r"<[^>]+>", "", RESULTS_PAGE.read_text())
+    modes = {"keras2": REPO / "artifacts" / "runs" / "mobilenet",
+             "inference": REPO / "artifacts" / "audit" / "bn-inference-mobilenet"}
+    scores = {m: audit.run_summary(d)["pooled"] for m, d in modes.items()}
+    if not all(scores.values()):
+        pytest.skip("MobileNet's BatchNorm comparison is not complete in artifacts/")
+    for mode, pooled in scores.items():
+        assert f"{100 * pooled['accuracy_3class']:.1f} % with {mode}" in text
+
+
 def test_current_audit_page_shows_the_batchnorm_comparison(book):
     """The audit executed on the current runs is in the book with its BatchNorm table and figure,
     and links to the earlier runs' audit."""
