@@ -87,6 +87,8 @@ def test_audit_chapter_scores_come_from_the_runs(executed):
 def test_scores_table_refuses_runs_on_another_dataset(executed):
     with pytest.raises(ValueError, match="made on dataset .* re-run it on the current dataset"):
         audit.scores_table({"x": executed["tmp"] / "runs" / "mobilenet"}, manifest_sha256="f" * 64)
+    with pytest.raises(ValueError, match="made on dataset"):
+        audit.run_summary(executed["tmp"] / "runs" / "mobilenet", manifest_sha256="f" * 64)
 
 
 def test_audit_page_records_what_it_read_and_a_check_sees_artifacts_move_on(executed):

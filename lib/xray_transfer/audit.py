@@ -89,15 +89,14 @@ def calls_with_batch_statistics(model, x, batch_size=64, seed=0) -> np.ndarray:
     return calls
 
 
-def run_summary(run_dir) -> dict:
+def run_summary(run_dir, manifest_sha256=None) -> dict:
     """A cross-validation run as the audit reads it.
 
     Returns ``{"status", "pooled", "record", "folds"}``: ``status`` in words ("complete",
     "3 of 10 folds", "not run"), ``pooled`` the pooled metrics (:func:`metrics.pooled`)
     only when every fold is done, else None, so that an unfinished run never reaches a table.
+    With ``manifest_sha256``, a run made on another dataset is refused (ValueError).
     """
-    import json
-
     from .metrics import pooled
     from .train import load_folds
 
@@ -105,6 +104,10 @@ def run_summary(run_dir) -> dict:
     if not (run_dir / "run.json").is_file():
         return {"status": "not run", "pooled": None, "record": None, "folds": []}
     record = json.loads((run_dir / "run.json").read_text())
+    made_on = record.get("dataset", {}).get("manifest_sha256")
+    if manifest_sha256 and made_on and made_on != manifest_sha256:
+        raise ValueError(f"{run_dir}: made on dataset {made_on[:12]}…, not {manifest_sha256[:12]}…; "
+                         "re-run it on the current dataset before comparing")
     folds = load_folds(run_dir)
     n = record["params"]["n_splits"]
     done = len(folds) == n
@@ -127,11 +130,7 @@ def scores_table(runs: dict, manifest_sha256=None):
 
     rows = {}
     for name, run_dir in runs.items():
-        s = run_summary(run_dir)
-        made_on = (s["record"] or {}).get("dataset", {}).get("manifest_sha256")
-        if manifest_sha256 and made_on and made_on != manifest_sha256:
-            raise ValueError(f"{run_dir}: made on dataset {made_on[:12]}…, not {manifest_sha256[:12]}…; "
-                             "re-run it on the current dataset before comparing")
+        s = run_summary(run_dir, manifest_sha256)
         row = {"status": s["status"]}
         for key, header in SCORES.items():
             row[header] = f"{100 * s['pooled'][key]:.1f}" if s["pooled"] else "—"
