@@ -2,8 +2,9 @@
 # Every experiment of the book on a GPU machine without TensorFlow (Keras 3 on JAX), in the
 # priority order of scripts/cpu_queue.sh: the paper runs, the audit runs (BatchNorm comparison
 # first), the final models, then the benchmark (lib/xray_transfer/gpu_plan.py holds the list).
-# One Python process runs every job: the dataset is read once, the frozen outputs of the fast
-# path are computed once per backbone and shared, and JAX's persistent compilation cache
+# One Python process runs every job: the dataset is read once, each model is built and compiled
+# once and reused by every run of it, the frozen outputs of the fast path are computed once per
+# backbone and shared, and JAX's persistent compilation cache
 # (.gpu/jax-cache, kept on the warm machine) lets a later call reuse what an earlier compiled.
 #
 # What travels (git-ignored, named in `carry`; `make gpu-stage` prepares it here):

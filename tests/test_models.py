@@ -287,6 +287,17 @@ def test_preprocess_input_uses_each_backbones_scaling():
     assert img[0, 0, 0].tolist() == [0, 128, 255]  # input untouched
 
 
+@pytest.mark.parametrize("key", ["vgg19", "mobilenet"])  # 'caffe' and [-1, 1] scaling
+def test_model_with_preprocessing_takes_uint8_and_predicts_what_the_model_predicts_on_scaled_input(key, built):
+    model = built(key)
+    wrapped = models.with_preprocessing(model, key)
+    assert wrapped.input.dtype == "uint8"
+    assert [id(v) for v in wrapped.trainable_variables] == [id(v) for v in model.trainable_variables]
+    images = np.random.default_rng(0).integers(0, 256, (3, *SHAPE), dtype=np.uint8)
+    expected = model.predict(models.preprocess_input(key, images), verbose=0)
+    np.testing.assert_allclose(wrapped.predict(images, verbose=0), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize("key", sorted(models.OFFLINE_WEIGHTS))
 def test_offline_weights_first_layer_filters_are_smooth_like_trained_ones(key):
     """Trained first-layer filters vary smoothly across neighbouring taps (edges, colour blobs);

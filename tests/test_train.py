@@ -326,6 +326,18 @@ def test_fast_path_predicts_what_plain_training_predicts(backbone):
     assert probs[True].shape == (len(test_idx), 3)
 
 
+def test_trainer_feeds_uint8_and_predicts_a_padded_last_batch_as_each_image_alone():
+    ds = synthetic_dataset(n=12, h=75, w=100)
+    cfg = train.make_config(backbone="mobilenet", n_splits=2, epochs=1, batch_size=4, image_size=(75, 100))
+    trainer = train.Trainer(cfg, ds.images)
+    assert not trainer.fast and trainer.inputs[0].dtype == np.uint8  # the network scales the images itself
+    idx = np.array([3, 0, 7, 5, 11])  # a full batch of 4, then one image padded to 4
+    probs = trainer.predict(idx)
+    alone = np.concatenate([trainer.net.predict(ds.images[i:i + 1], verbose=0) for i in idx])
+    assert probs.shape == (5, 3)
+    np.testing.assert_allclose(probs, alone, atol=1e-6)
+
+
 # ---------------------------------------------------------------- resume checks each fold file
 
 

@@ -8,7 +8,8 @@ same folds of the same images, in one process:
   and predict the held-out fold;
 - **ours** (key ``fast`` in the record): :class:`xray_transfer.train.Trainer`, built once
   per run and reset per fold, training the tail on cached frozen outputs where the cutoff
-  is deep (the fast path; MobileNet's shallow cutoff trains the whole network).
+  is deep (the fast path); elsewhere the whole network trains on the uint8 images, which
+  it scales itself. Held-out images are predicted in full, padded batches.
 
 Each path runs the first two folds of a 10-fold split for ``epochs`` epochs. The first
 fold carries the set-up and compilation, the second shows what every later fold costs.
@@ -165,7 +166,8 @@ def run_benchmark(dataset, output_dir, backbones=None, epochs=2, limit=None, pro
               "persistent_compilation_cache": os.environ.get("JAX_COMPILATION_CACHE_DIR"),
               "paths": {"plain": "per fold: build, compile, model.fit on the raw images, evaluate, predict",
                         "fast": "our Trainer: one model reset per fold, frozen outputs cached where the "
-                                "cutoff is deep"},
+                                "cutoff is deep, else uint8 images scaled by the network; padded prediction "
+                                "batches"},
               "backbones": {}}
     for key in keys:
         row = {"plain": time_plain(ds, key, epochs, n_splits, protocol_epochs, image_size=image_size),

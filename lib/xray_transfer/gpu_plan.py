@@ -2,9 +2,10 @@
 
 The jobs are the paper runs, the audit runs and the final models (``scripts/cpu_queue.sh``
 runs these on a CPU, from this list: ``python -m xray_transfer.gpu_plan queue``), then the
-benchmark. One process runs them all, so the dataset is read once and
-the fast path's frozen outputs are computed once per backbone, weights, image size and
-pixels, then shared by every run that has the same frozen part. With JAX's persistent
+benchmark. One process runs them all, so the dataset is read once, each model is built and
+compiled once and reused by every run that trains it (``train.get_trainer``: a paper run, its
+audit runs and its final fit), and the fast path's frozen outputs are computed once per
+backbone, weights, image size and pixels, then shared by every run that has the same frozen part. With JAX's persistent
 compilation cache (``scripts/gpu_run.sh`` sets it), a call after the first compiles
 nothing it compiled before (the script runs the benchmark in a process of its own,
 without that cache, so that its plain path compiles as anyone's would). A job whose offline weights file is not on this machine is
@@ -132,6 +133,7 @@ def run_plan(dataset_path, out_root, jobs=JOBS, smoke=False, progress=False, log
     dataset = load_dataset(dataset_path, limit=limit)
     env = environment()
     store: dict = {}  # frozen outputs shared between runs
+    trainers: dict = {}  # one Trainer per model and training settings, its compiled steps kept
     meter = _compile_meter()
     done = []
     for job in jobs:
@@ -145,7 +147,7 @@ def run_plan(dataset_path, out_root, jobs=JOBS, smoke=False, progress=False, log
                 entry["detail"] = missing
             elif spec["kind"] == "cv":
                 rec = cross_validate(dataset, out_root / spec["out"], progress=progress, feature_store=store,
-                                     weights="offline", **spec["params"], **settings)
+                                     trainer_store=trainers, weights="offline", **spec["params"], **settings)
                 entry["status"] = f"folds done {rec['folds_done']}"
             elif spec["kind"] == "final":
                 key = spec["params"]["backbone"]
@@ -155,7 +157,8 @@ def run_plan(dataset_path, out_root, jobs=JOBS, smoke=False, progress=False, log
                     entry["status"] = "done before"
                 else:
                     rec = fit_final(dataset, out_root / "keras" / f"{key}.keras", progress=progress,
-                                    feature_store=store, weights="offline", **spec["params"], **settings)
+                                    feature_store=store, trainer_store=trainers, weights="offline",
+                                    **spec["params"], **settings)
                     record.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(out_root / "keras" / f"{key}.json", record)
                     entry["status"] = f"model sha256 {rec['model_sha256'][:12]}"

@@ -153,6 +153,23 @@ def preprocess_input(backbone: str, images: np.ndarray) -> np.ndarray:
     return np.asarray(mod.preprocess_input(np.asarray(images, dtype=np.float32).copy()), dtype=np.float32)
 
 
+def with_preprocessing(model, backbone: str):
+    """``model`` behind :func:`preprocess_input`, as a model that takes the uint8 images themselves.
+
+    It shares ``model``'s layers (training it trains ``model``). Fed uint8, the host gathers
+    and copies a quarter of the bytes that float32 inputs take, and the scaling runs where
+    the model runs, on the GPU if there is one. Keras' ``preprocess_input`` does the same
+    arithmetic on tensors as on arrays.
+    """
+    import keras
+
+    mod = getattr(keras.applications, get_backbone(backbone).module)
+    images = keras.Input(model.input_shape[1:], dtype="uint8", name="uint8_images")
+    scaled = keras.layers.Lambda(lambda x: mod.preprocess_input(keras.ops.cast(x, "float32")),
+                                 name="preprocess_input")(images)
+    return keras.Model(images, model(scaled), name=f"{model.name}_from_uint8")
+
+
 class WeightsUnavailable(RuntimeError):
     """ImageNet weights were asked for but cannot be had; the message says what to do."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .models import (BATCHNORM_MODES, build_model, get_backbone, has_frozen_batchnorm, preprocess_input,
-                     resolve_weights, split_at_cutoff, weights_provenance)
+                     resolve_weights, split_at_cutoff, weights_provenance, with_preprocessing)
 
 #: The paper's protocol (Section 2.3); unstated choices are marked in DEFAULT_NOTES.
 DEFAULTS = dict(backbone="mobilenet", weights="none", n_splits=10, epochs=10, batch_size=64,
@@ -207,11 +207,16 @@ class Trainer:
     """Builds the model once and trains it fold after fold from the same initial state.
 
     Reusing one model (weights and optimizer state reset per fold) keeps the
-    compiled training step, so no fold pays for compilation again.
+    compiled training step, so no fold pays for compilation again; :func:`get_trainer`
+    reuses it for every run of a process that trains the same model (another split,
+    other pixels, the final fit). Held-out images are predicted in full batches, the
+    last one padded, so one compiled prediction step serves every fold and run.
 
     ``feature_store``, a dict, shares the fast path's frozen outputs between trainers
     (runs in one process): runs whose frozen part and images are the same (VGG19's paper,
     patient-grouped and final runs, say; see :func:`frozen_key`) compute them once.
+    Without the fast path the network takes the uint8 images and scales them itself
+    (:func:`~xray_transfer.models.with_preprocessing`).
     """
 
     def __init__(self, cfg: dict, images: np.ndarray, feature_store: dict | None = None):
@@ -224,26 +229,36 @@ class Trainer:
                                  pooling=cfg["pooling"], dropout=cfg["dropout"], seed=cfg["seed"],
                                  batchnorm=cfg["batchnorm"])
         self.fast, self.fast_reason = use_fast_path(cfg)
-        t0 = time.perf_counter()
         if self.fast:
-            frozen, self.net = split_at_cutoff(self.model, self.spec.cutoff)
-            key = frozen_key(cfg, images) if feature_store is not None else None
-            if key in (feature_store or {}):
-                self.inputs = feature_store[key]
-            else:
-                feats = frozen.predict(preprocess_input(cfg["backbone"], images), batch_size=cfg["batch_size"],
-                                       verbose=0)
-                self.inputs = feats if isinstance(feats, list) else [feats]
-                if key is not None:
-                    feature_store[key] = self.inputs
+            self._frozen, self.net = split_at_cutoff(self.model, self.spec.cutoff)
         else:
-            self.net, self.inputs = self.model, [preprocess_input(cfg["backbone"], images)]
-        self.feature_seconds = time.perf_counter() - t0 if self.fast else 0.0
+            self.net = with_preprocessing(self.model, cfg["backbone"])
         self.net.compile(optimizer=keras.optimizers.Adam(cfg["learning_rate"]),
                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         self.net.optimizer.build(self.net.trainable_variables)
         self._init_model = [v.numpy() for v in self.model.variables]
         self._init_opt = [v.numpy() for v in self.net.optimizer.variables]
+        self.use_images(images, feature_store)
+
+    def use_images(self, images: np.ndarray, feature_store: dict | None = None):
+        """Train and predict on ``images`` (uint8, in the run's order) from now on.
+
+        On the fast path their frozen outputs are computed here (or taken from ``feature_store``).
+        """
+        t0 = time.perf_counter()
+        if self.fast:
+            key = frozen_key(self.cfg, images) if feature_store is not None else None
+            if key in (feature_store or {}):
+                self.inputs = feature_store[key]
+            else:
+                feats = self._frozen.predict(preprocess_input(self.cfg["backbone"], images),
+                                             batch_size=self.cfg["batch_size"], verbose=0)
+                self.inputs = feats if isinstance(feats, list) else [feats]
+                if key is not None:
+                    feature_store[key] = self.inputs
+        else:
+            self.inputs = [np.asarray(images, dtype=np.uint8)]
+        self.feature_seconds = time.perf_counter() - t0 if self.fast else 0.0
 
     def reset(self):
         """Back to the initial weights, optimizer state and dropout seed."""
@@ -256,13 +271,26 @@ class Trainer:
         xs = [a[idx] for a in self.inputs]
         return xs if len(xs) > 1 else xs[0]
 
+    def predict(self, idx) -> np.ndarray:
+        """Class probabilities of the images ``idx``, in batches of ``batch_size`` exactly.
+
+        The last batch is padded with copies of the first image (prediction treats every
+        image on its own), so one compiled step serves every fold and run.
+        """
+        n, bs = len(idx), self.cfg["batch_size"]
+        padded = np.concatenate([idx, np.repeat(idx[:1], -n % bs)])
+        return np.asarray(self.net.predict(self._take(padded), batch_size=bs, verbose=0))[:n]
+
     def fit_fold(self, train_idx, test_idx, labels, fold_seed, progress=None) -> dict:
         """Train on ``train_idx`` for the configured epochs; return history and test probabilities."""
+        from sklearn.metrics import accuracy_score, log_loss
+
         cfg = self.cfg
         self.reset()
         rng = np.random.default_rng(fold_seed)
-        xte, yte = self._take(test_idx), labels[test_idx]
+        yte = labels[test_idx]
         history = {"loss": [], "accuracy": [], "test_loss": [], "test_accuracy": [], "seconds": []}
+        probs, predict_seconds = np.zeros((0, 3)), 0.0
         for epoch in range(cfg["epochs"]):
             perm = train_idx[rng.permutation(len(train_idx))]
             t0 = time.perf_counter()
@@ -273,12 +301,22 @@ class Trainer:
                 raise TrainingDiverged(
                     f"{cfg['backbone']}: training loss became {h.history['loss'][0]} in epoch {epoch + 1}; "
                     f"lower learning_rate (now {cfg['learning_rate']}) and start the run afresh")
-            ev = (self.net.evaluate(xte, yte, batch_size=cfg["batch_size"], verbose=0, return_dict=True)
-                  if len(test_idx) else {"loss": float("nan"), "accuracy": float("nan")})
+            if len(test_idx):  # the held-out fold after this epoch; after the last, the fold's result
+                t0 = time.perf_counter()
+                probs = self.predict(test_idx)
+                predict_seconds = time.perf_counter() - t0
+                if not np.isfinite(probs).all():
+                    raise TrainingDiverged(
+                        f"{cfg['backbone']}: {int((~np.isfinite(probs)).any(1).sum())} test prediction(s) are "
+                        f"NaN or infinite in epoch {epoch + 1}; lower learning_rate and start afresh")
+                test_loss = log_loss(yte, probs, labels=[0, 1, 2])
+                test_accuracy = accuracy_score(yte, probs.argmax(1))
+            else:
+                test_loss = test_accuracy = float("nan")
             history["loss"].append(float(h.history["loss"][0]))
             history["accuracy"].append(float(h.history["accuracy"][0]))
-            history["test_loss"].append(float(ev["loss"]))
-            history["test_accuracy"].append(float(ev["accuracy"]))
+            history["test_loss"].append(float(test_loss))
+            history["test_accuracy"].append(float(test_accuracy))
             history["seconds"].append(dt)
             if progress is not None:
                 shown = {"epoch": epoch + 1, "loss": f"{history['loss'][-1]:.3f}", "acc": f"{history['accuracy'][-1]:.3f}"}
@@ -286,17 +324,36 @@ class Trainer:
                     shown["test_acc"] = f"{history['test_accuracy'][-1]:.3f}"
                 progress.set_postfix(**shown)
                 progress.update(1)
-        t0 = time.perf_counter()
-        probs = (self.net.predict(xte, batch_size=cfg["batch_size"], verbose=0) if len(test_idx)
-                 else np.zeros((0, 3)))
-        if not np.isfinite(probs).all():
-            raise TrainingDiverged(f"{cfg['backbone']}: {int((~np.isfinite(probs)).any(1).sum())} test "
-                                   "prediction(s) are NaN or infinite; lower learning_rate and start afresh")
-        return {"history": history, "probs": np.asarray(probs, dtype=np.float64),
-                "predict_seconds": time.perf_counter() - t0}
+        return {"history": history, "probs": np.asarray(probs, dtype=np.float64), "predict_seconds": predict_seconds}
 
 
-def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, feature_store=None, **params) -> dict:
+#: Parameters that change neither the model a :class:`Trainer` builds nor how it trains a fold.
+RUN_ONLY_PARAMS = ("n_splits", "group_by_patient", "image_mask")
+
+
+def get_trainer(cfg: dict, images: np.ndarray, feature_store: dict | None = None,
+                trainer_store: dict | None = None) -> Trainer:
+    """A :class:`Trainer` for ``cfg`` on ``images``, reused from ``trainer_store`` (a dict) where a
+    run of this process built one for the same model and training settings.
+
+    Reused, it keeps its compiled steps: a paper run, its patient-grouped and lungs-hidden
+    audit runs and the final fit compile once. Every fold starts from the initial state
+    (:meth:`Trainer.reset`), so reuse changes no result.
+    """
+    if trainer_store is None:
+        return Trainer(cfg, images, feature_store)
+    key = json.dumps({k: v for k, v in cfg.items() if k not in RUN_ONLY_PARAMS}, sort_keys=True)
+    if key not in trainer_store:
+        trainer_store[key] = Trainer(cfg, images, feature_store)
+        return trainer_store[key]
+    trainer = trainer_store[key]
+    trainer.cfg = cfg
+    trainer.use_images(images, feature_store)
+    return trainer
+
+
+def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, feature_store=None, trainer_store=None,
+                   **params) -> dict:
     """Run (or resume) k-fold cross-validation and write one artifact per fold.
 
     Parameters
@@ -313,6 +370,8 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, featur
         Only these folds (for tests of resuming); default all.
     feature_store : dict, optional
         Frozen outputs shared with other runs in this process (see :class:`Trainer`).
+    trainer_store : dict, optional
+        Trainers shared with other runs in this process (see :func:`get_trainer`).
     **params
         Training parameters, see :data:`DEFAULTS` and :func:`make_config`.
 
@@ -382,7 +441,7 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, featur
     images = resize_images(dataset.images, cfg["image_size"])
     images = apply_image_mask(images, cfg["image_mask"], dataset.manifest)
     t0 = time.perf_counter()
-    trainer = Trainer(cfg, images, feature_store)
+    trainer = get_trainer(cfg, images, feature_store, trainer_store)
     setup_seconds = time.perf_counter() - t0
     record["feature_cache"] = {"used": trainer.fast, "reason": trainer.fast_reason,
                                "seconds": round(trainer.feature_seconds, 3), "setup_seconds": round(setup_seconds, 3)}
@@ -429,11 +488,12 @@ def check_fold(path, identity_sha256, test_files, afresh="start the run afresh")
     return fold
 
 
-def fit_final(dataset, model_path, progress=True, feature_store=None, **params) -> dict:
+def fit_final(dataset, model_path, progress=True, feature_store=None, trainer_store=None, **params) -> dict:
     """Train on every image with the protocol and save the whole model (``.keras``) for prediction.
 
     Writes ``model_path`` and, beside it, ``<name>.json`` with the parameters,
-    provenance, history and the model file's SHA-256. Returns that record.
+    provenance, history and the model file's SHA-256. Returns that record. ``feature_store``
+    and ``trainer_store`` as in :func:`cross_validate`.
     """
     from tqdm import tqdm
 
@@ -445,7 +505,7 @@ def fit_final(dataset, model_path, progress=True, feature_store=None, **params) 
     model_path.parent.mkdir(parents=True, exist_ok=True)
     images = resize_images(dataset.images, cfg["image_size"])
     images = apply_image_mask(images, cfg["image_mask"], dataset.manifest)
-    trainer = Trainer(cfg, images, feature_store)
+    trainer = get_trainer(cfg, images, feature_store, trainer_store)
     every = np.arange(len(dataset))
     bar = tqdm(total=cfg["epochs"], desc=f"{cfg['backbone']} on all images", unit="epoch",
                disable=not progress, file=sys.stdout, mininterval=1.0)
