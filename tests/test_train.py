@@ -338,6 +338,26 @@ def test_trainer_feeds_uint8_and_predicts_a_padded_last_batch_as_each_image_alon
     np.testing.assert_allclose(probs, alone, atol=1e-6)
 
 
+def test_a_reused_trainer_trains_another_run_as_a_fresh_trainer_does():
+    """The GPU plan reuses one trainer per model for every run of it: reuse must change no result."""
+    ds = synthetic_dataset(n=12, h=75, w=100)
+    fold_of = train.make_folds(ds.labels, 2, seed=0)
+    train_idx, test_idx = np.flatnonzero(fold_of != 0), np.flatnonzero(fold_of == 0)
+    cfg = train.make_config(backbone="mobilenet", n_splits=2, epochs=1, batch_size=4, image_size=(75, 100))
+    store = {}
+    trainer = train.get_trainer(cfg, ds.images, trainer_store=store)
+    trainer.fit_fold(train_idx, test_idx, ds.labels, fold_seed=1)  # a first run moves the weights
+    hidden_cfg, hidden = {**cfg, "image_mask": "lungs_hidden"}, train.hide_lungs(ds.images)
+    reused = train.get_trainer(hidden_cfg, hidden, trainer_store=store)  # another run of the same model
+    assert reused is trainer and reused.cfg["image_mask"] == "lungs_hidden"
+    probs = reused.fit_fold(train_idx, test_idx, ds.labels, fold_seed=2)["probs"]
+    fresh = train.Trainer(hidden_cfg, hidden).fit_fold(train_idx, test_idx, ds.labels, fold_seed=2)["probs"]
+    np.testing.assert_allclose(probs, fresh, atol=1e-5)
+    # another BatchNorm mode is another model: its own trainer
+    assert train.get_trainer({**cfg, "batchnorm": "inference"}, ds.images, trainer_store=store) is not trainer
+    assert len(store) == 2
+
+
 # ---------------------------------------------------------------- resume checks each fold file
 
 
