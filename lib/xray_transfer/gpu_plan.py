@@ -5,8 +5,8 @@ runs these on a CPU, from this list: ``python -m xray_transfer.gpu_plan queue``)
 benchmark. One process runs them all, so the dataset is read once, each model is built and
 compiled once and reused by every run that trains it (``train.get_trainer``: a paper run, its
 audit runs and its final fit), and the fast path's frozen outputs are computed once per
-backbone, weights, image size and pixels, then shared by every run that has the same frozen part. With JAX's persistent
-compilation cache (``scripts/gpu_run.sh`` sets it), a call after the first compiles
+backbone, weights, image size and pixels, then shared by every run that has the same frozen
+part. With JAX's persistent compilation cache (``scripts/gpu_run.sh`` sets it), a call after the first compiles
 nothing it compiled before (the script runs the benchmark in a process of its own,
 without that cache, so that its plain path compiles as anyone's would). A job whose offline weights file is not on this machine is
 skipped with a note (a later call that brings the file runs it); every run resumes from its
