@@ -47,6 +47,7 @@ cv() {  # cv NAME OUTDIR "TRAIN FLAGS" "CHAPTER PARAMETERS": cross-validate, com
   fi
   if [ "$(ls "$out"/fold-*.json 2>/dev/null | wc -l)" = 10 ] && [ -z "$(find "$out" -name 'fold-*.json' -newer "$out/training.ipynb" 2>/dev/null)" ] \
      && [ -f "$out/training.ipynb" ]; then echo "$name: done"; return 0; fi
+  local n_start; n_start=$(ls "$out"/fold-*.json 2>/dev/null | wc -l)
   ( while sleep 30; do
       n=$(ls "$out"/fold-*.json 2>/dev/null | wc -l)
       if [ "$n" != "${n_before:-}" ]; then audit_page && commit "$name (CPU): $n of 10 folds" "$rel" "${AUDIT_PAGE[@]}"; n_before=$n; fi
@@ -64,8 +65,9 @@ cv() {  # cv NAME OUTDIR "TRAIN FLAGS" "CHAPTER PARAMETERS": cross-validate, com
     also=(results README.md book/images/at_a_glance.png)
   fi
   audit_page || return 1
-  commit "$name complete (CPU, $((SECONDS - t0)) s this session): folds, training chapter, tables" "$rel" "${also[@]}" \
-    "${AUDIT_PAGE[@]}"
+  local how="CPU, $((SECONDS - t0)) s this session"
+  [ "$n_start" = 10 ] && how="folds made before (their records name the device), page rendered here"
+  commit "$name complete ($how): folds, training chapter, tables" "$rel" "${also[@]}" "${AUDIT_PAGE[@]}"
 }
 
 AUDIT_PAGE=(artifacts/audit/audit.ipynb artifacts/audit/audit-inputs.json)

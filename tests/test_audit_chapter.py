@@ -105,3 +105,19 @@ def test_audit_page_records_what_it_read_and_a_check_sees_artifacts_move_on(exec
     assert any("lungs-hidden-in-frame-mobilenet: the page read 0 folds, artifacts/ has 1" in s for s in stale)
     assert "audit/grouped-mobilenet: not read by the page" in stale
     assert any(s.startswith("models/vgg19") for s in stale)
+
+
+def test_a_run_on_folds_another_scikit_learn_drew_says_so_and_keeps_its_scores(executed, tmp_path):
+    import shutil
+
+    run = tmp_path / "grouped-mobilenet"
+    shutil.copytree(executed["tmp"] / "audit" / "grouped-mobilenet", run)
+    assert audit.run_summary(run)["status"] == "complete"
+    head, *rows = (run / "folds.csv").read_text().splitlines()
+    (run / "folds.csv").write_text("\n".join([head, *(r[:-1] + str(1 - int(r[-1])) for r in rows)]) + "\n")
+    record = json.loads((run / "run.json").read_text())
+    record["environment"]["versions"]["scikit-learn"] = "1.7.2"
+    (run / "run.json").write_text(json.dumps(record))
+    summary = audit.run_summary(run)
+    assert summary["status"] == "complete, on scikit-learn 1.7.2's folds"
+    assert summary["pooled"] is not None  # a complete patient-grouped cross-validation all the same

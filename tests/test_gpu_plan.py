@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from xray_transfer import benchmark, gpu_plan
+from xray_transfer import benchmark, gpu_plan, train
 from xray_transfer.data import assemble, pack
 from xray_transfer.models import TABLE1
 
@@ -115,8 +115,16 @@ def test_todo_lists_what_artifacts_lack_in_priority_order(tmp_path):
         path.write_text(json.dumps(record))
 
     write(art / "dataset" / "dataset.json", {"manifest_sha256": "m"})
-    for run, folds, manifest in [("runs/vgg19", 2, "m"), ("runs/mobilenet", 1, "m"), ("runs/xception", 2, "old")]:
-        write(art / run / "run.json", {"params": {"n_splits": 2}, "dataset": {"manifest_sha256": manifest}})
+    labels, patients = [0, 0, 1, 1, 2, 2, 0, 1, 2, 2], [f"p{i // 2}" for i in range(10)]
+    for run, folds, manifest, grouped in [("runs/vgg19", 2, "m", False), ("runs/mobilenet", 1, "m", False),
+                                          ("runs/xception", 2, "old", False), ("audit/grouped-vgg19", 2, "m", True)]:
+        params = {"n_splits": 2, "seed": 0, "group_by_patient": grouped}
+        write(art / run / "run.json", {"params": params, "dataset": {"manifest_sha256": manifest}})
+        fold = train.make_folds(labels, 2, 0, patients if grouped else None)
+        if grouped:
+            fold = 1 - fold  # as if another scikit-learn had drawn the folds
+        (art / run / "folds.csv").write_text("index,file,label,patient_id,fold\n" + "".join(
+            f"{i},f{i}.png,{y},{g},{k}\n" for i, (y, g, k) in enumerate(zip(labels, patients, fold))))
         for k in range(folds):
             write(art / run / f"fold-{k:02d}.json", {})
     write(art / "models" / "vgg19.json", {"dataset": {"manifest_sha256": "m"}})
@@ -126,6 +134,7 @@ def test_todo_lists_what_artifacts_lack_in_priority_order(tmp_path):
     left = gpu_plan.todo(tmp_path)
     assert left == [j for j in gpu_plan.JOBS if j not in ("paper/vgg19", "final/vgg19")]  # order kept
     assert "paper/mobilenet" in left and "paper/xception" in left  # unfinished; made on another dataset
+    assert "audit/grouped-vgg19" in left  # every fold, but on folds this scikit-learn does not draw
     write(art / "benchmark" / "gpu" / "benchmark.json",
           {"manifest_sha256": "m", "backbones": {b.key: row for b in TABLE1}})
     assert "bench/all" not in gpu_plan.todo(tmp_path)  # a row for every network: done
@@ -226,6 +235,19 @@ def test_adopt_takes_only_finished_runs_and_never_replaces_one(smoke_run, tmp_pa
         assert not any("runs" in w for w in gpu_plan.adopt(out, repo2, log=lambda *_: None))
     finally:
         (out / "runs" / "vgg19" / "x.json").rename(out / "runs" / "vgg19" / "fold-01.json")
+    # folds that this scikit-learn does not draw (another version drew them): not adopted; replaced here
+    folds_csv = out / "runs" / "vgg19" / "folds.csv"
+    drawn = folds_csv.read_text()
+    head, *rows = drawn.splitlines()
+    redrawn = "\n".join([head, *(r[:-1] + str(1 - int(r[-1])) for r in rows)]) + "\n"  # folds 0 and 1 swapped
+    folds_csv.write_text(redrawn)
+    try:
+        assert not any("runs" in w for w in gpu_plan.adopt(out, tmp_path / "repo3", log=lambda *_: None))
+    finally:
+        folds_csv.write_text(drawn)
+    (repo / "artifacts" / "runs" / "vgg19" / "folds.csv").write_text(redrawn)
+    assert str(repo / "artifacts" / "runs" / "vgg19") in gpu_plan.adopt(out, repo, log=lambda *_: None)
+    assert (repo / "artifacts" / "runs" / "vgg19" / "folds.csv").read_text() == drawn
 
 
 def test_feature_store_shares_frozen_outputs_of_runs_with_the_same_frozen_part():
@@ -244,3 +266,15 @@ def test_feature_store_shares_frozen_outputs_of_runs_with_the_same_frozen_part()
     np.testing.assert_array_equal(alone.inputs[0], paper.inputs[0])
     train.Trainer(cfg, train.hide_lungs(images), store)  # other pixels: other frozen outputs
     assert len(store) == 2
+
+
+def test_adopt_keeps_each_lease_s_logs_in_a_folder_of_its_own(tmp_path):
+    for start in ("2026-11-27T22:41:14Z", "2026-11-28T04:58:46Z"):
+        src = tmp_path / start / "out"
+        src.mkdir(parents=True)
+        (src / "plan-log.jsonl").write_text(json.dumps({"job": "paper/vgg19", "smoke": False}) + "\n")
+        (src / "gpu-log.txt").write_text(f"start {start}\nNVIDIA H200\ntotal command time: 9 s (rc 0)\n")
+        gpu_plan.adopt(src, tmp_path / "repo", log=lambda *_: None)
+    leases = tmp_path / "repo" / "artifacts" / "gpu-plan"
+    assert sorted(p.name for p in leases.iterdir()) == ["2026-11-27T22-41-14Z", "2026-11-28T04-58-46Z"]
+    assert "start 2026-11-27T22:41:14Z" in (leases / "2026-11-27T22-41-14Z" / "gpu-log.txt").read_text()

@@ -87,6 +87,17 @@ def test_make_folds_shuffles_rather_than_cutting_blocks():
     assert not np.array_equal(fold[LABELS == 2], np.sort(fold[LABELS == 2]))
 
 
+def test_folds_are_those_the_pinned_scikit_learn_draws():
+    """Runs are resumed, adopted and compared by their folds. A scikit-learn that draws other folds
+    (its StratifiedGroupKFold does, in 1.7.2 against 1.9.1) must fail here, not in a run."""
+    labels = np.array([i % 3 for i in range(36)])
+    groups = np.array([f"p{(i * 7) % 15:02d}-{i % 3}" for i in range(36)])
+    assert train.make_folds(labels, 3, 0).tolist() == [
+        1, 1, 1, 2, 0, 0, 1, 0, 2, 2, 1, 0, 0, 2, 1, 2, 0, 1, 0, 2, 2, 1, 1, 0, 2, 1, 0, 0, 0, 1, 0, 2, 2, 1, 2, 2]
+    assert train.make_folds(labels, 3, 0, groups).tolist() == [
+        1, 0, 1, 0, 2, 2, 0, 1, 1, 2, 2, 0, 2, 1, 0, 1, 0, 1, 0, 2, 2, 0, 1, 1, 2, 2, 0, 2, 1, 0, 1, 0, 1, 0, 2, 2]
+
+
 def test_make_folds_by_patient_keeps_each_patient_in_one_fold():
     rng = np.random.default_rng(0)
     groups = np.array([f"p{i // 3}" for i in range(len(LABELS))])  # 3 images per patient
@@ -390,6 +401,17 @@ def test_resume_refuses_fold_with_other_test_images(run_dir, dataset, tmp_path):
     fold["test_file"] = fold["test_file"][::-1]
     (out / "fold-00.json").write_text(json.dumps(fold))
     with pytest.raises(train.RunMismatch, match="its test images differ"):
+        train.cross_validate(dataset, out, progress=False, **RUN)
+
+
+def test_a_run_whose_folds_another_scikit_learn_drew_is_known_and_not_resumed(run_dir, dataset, tmp_path):
+    out = copy_run(run_dir, tmp_path)
+    assert train.folds_drawn_again(out)
+    rows = (out / "folds.csv").read_text().splitlines()
+    swapped = [r[:-1] + {"0": "1", "1": "0"}[r[-1]] for r in rows[1:]]  # folds 0 and 1 trade places
+    (out / "folds.csv").write_text("\n".join([rows[0], *swapped]) + "\n")
+    assert not train.folds_drawn_again(out)
+    with pytest.raises(train.RunMismatch, match=r"folds were drawn by scikit-learn .* draws others; resume it with"):
         train.cross_validate(dataset, out, progress=False, **RUN)
 
 

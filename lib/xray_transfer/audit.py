@@ -93,12 +93,14 @@ def run_summary(run_dir, manifest_sha256=None) -> dict:
     """A cross-validation run as the audit reads it.
 
     Returns ``{"status", "pooled", "record", "folds"}``: ``status`` in words ("complete",
-    "3 of 10 folds", "not run"), ``pooled`` the pooled metrics (:func:`metrics.pooled`)
-    only when every fold is done, else None, so that an unfinished run never reaches a table.
+    "3 of 10 folds", "not run"; "complete, on scikit-learn 1.7.2's folds" where another
+    version of scikit-learn drew folds that this one does not draw), ``pooled`` the pooled
+    metrics (:func:`metrics.pooled`) only when every fold is done, else None, so that an
+    unfinished run never reaches a table.
     With ``manifest_sha256``, a run made on another dataset is refused (ValueError).
     """
     from .metrics import pooled
-    from .train import load_folds
+    from .train import folds_drawn_again, load_folds
 
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").is_file():
@@ -111,8 +113,10 @@ def run_summary(run_dir, manifest_sha256=None) -> dict:
     folds = load_folds(run_dir)
     n = record["params"]["n_splits"]
     done = len(folds) == n
-    return {"status": "complete" if done else f"{len(folds)} of {n} folds", "record": record, "folds": folds,
-            "pooled": pooled(folds) if done else None}
+    status = "complete" if done else f"{len(folds)} of {n} folds"
+    if done and not folds_drawn_again(run_dir):
+        status += f", on scikit-learn {record['environment']['versions'].get('scikit-learn', '(unknown)')}'s folds"
+    return {"status": status, "record": record, "folds": folds, "pooled": pooled(folds) if done else None}
 
 
 #: Metrics the audit tables show, with their headers.

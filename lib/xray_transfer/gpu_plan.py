@@ -194,20 +194,23 @@ def _benchmarked(path: Path, manifest_sha256: str) -> bool:
 
 
 def _complete(run_dir: Path) -> bool:
+    """Whether a run has every fold, on folds that this scikit-learn draws again."""
+    from .train import folds_drawn_again
+
     try:
         rec = json.loads((run_dir / "run.json").read_text())
-    except (OSError, ValueError):
+        return len(list(run_dir.glob("fold-*.json"))) == rec["params"]["n_splits"] and folds_drawn_again(run_dir)
+    except (OSError, ValueError, KeyError):  # no folds.csv, or a damaged record
         return False
-    return len(list(run_dir.glob("fold-*.json"))) == rec["params"]["n_splits"]
 
 
 def todo(repo=".", jobs=JOBS) -> list[str]:
     """The jobs whose results the repository's ``artifacts/`` lacks, in priority order: what a lease
     should run (``scripts/gpu_run.sh`` with no job named runs these).
 
-    A run is done when every fold is there and it was made on the dataset of
-    ``artifacts/dataset/dataset.json``; a final model when its record was; the benchmark when the
-    GPU's record was and has a row for every network.
+    A run is done when every fold is there, on folds that this scikit-learn draws again, and it
+    was made on the dataset of ``artifacts/dataset/dataset.json``; a final model when its record
+    was; the benchmark when the GPU's record was and has a row for every network.
     """
     art = Path(repo) / "artifacts"
     manifest = json.loads((art / "dataset" / "dataset.json").read_text())["manifest_sha256"]
@@ -236,22 +239,33 @@ def todo(repo=".", jobs=JOBS) -> list[str]:
     return left
 
 
+def lease_name(gpu_log) -> str:
+    """A lease's folder name: the start of its first call, from ``gpu-log.txt`` ("2026-11-28T04-58-46Z")."""
+    try:
+        first = next(line for line in Path(gpu_log).read_text().splitlines() if line.startswith("start "))
+    except (OSError, StopIteration):
+        return "unknown-start"
+    return first.split()[1].replace(":", "-")
+
+
 def adopt(src_root, repo=".", log=print) -> list[str]:
     """Copy the finished runs and the benchmark from a plan's output into ``artifacts/``.
 
     A run folder replaces the repository's only when it is complete and the repository's is
-    missing or incomplete (never a finished run). A GPU's benchmark goes to
+    missing or incomplete (never a finished run). Complete means every fold, on folds that this
+    scikit-learn draws again: a run made where another version drew other patient-grouped folds
+    is not adopted, and one in the repository is replaced. A GPU's benchmark goes to
     ``artifacts/benchmark/gpu/``, a CPU's to ``artifacts/benchmark/`` (where `make benchmark`
-    writes). The plan's logs (not a smoke run's) go to ``artifacts/gpu-plan/``. Final-model
-    records are not adopted: their ``.keras`` files cannot travel back.
-    Returns the paths written.
+    writes). The plan's logs (not a smoke run's) go to ``artifacts/gpu-plan/<lease>/``, a folder
+    per lease named by :func:`lease_name`. Final-model records are not adopted: their ``.keras``
+    files cannot travel back. Returns the paths written.
     """
     src, art = Path(src_root), Path(repo) / "artifacts"
     written = []
     for run_dir in sorted([*src.glob("runs/*"), *src.glob("audit/*")]):
         dest = art / run_dir.relative_to(src)
         if not _complete(run_dir):
-            log(f"{run_dir}: unfinished, not adopted")
+            log(f"{run_dir}: unfinished, or on folds this scikit-learn does not draw: not adopted")
         elif _complete(dest):
             log(f"{dest}: already finished, kept")
         else:
@@ -264,7 +278,7 @@ def adopt(src_root, repo=".", log=print) -> list[str]:
             log(f"{dest}: adopted")
     log_lines = (src / "plan-log.jsonl").read_text().splitlines() if (src / "plan-log.jsonl").is_file() else []
     if any(not json.loads(line).get("smoke") for line in log_lines):  # the logs of a real plan
-        dest = art / "gpu-plan"
+        dest = art / "gpu-plan" / lease_name(src / "gpu-log.txt")
         dest.mkdir(parents=True, exist_ok=True)
         for name in ("plan-log.jsonl", "gpu-log.txt"):
             if (src / name).is_file():

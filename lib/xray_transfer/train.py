@@ -115,6 +115,22 @@ def make_folds(labels, n_splits=10, seed=0, groups=None) -> np.ndarray:
     return fold
 
 
+def folds_drawn_again(run_dir) -> bool:
+    """Whether this scikit-learn draws a run's folds (its ``folds.csv``) again.
+
+    Patient-grouped folds depend on scikit-learn's version: its ``StratifiedGroupKFold`` draws
+    other folds in 1.9.1 than in 1.7.2, from the same images, patients and seed.
+    """
+    run_dir = Path(run_dir)
+    params = json.loads((run_dir / "run.json").read_text())["params"]
+    with open(run_dir / "folds.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    labels = np.array([int(r["label"]) for r in rows])
+    groups = np.array([r["patient_id"] for r in rows]) if params.get("group_by_patient") else None
+    drawn = make_folds(labels, params["n_splits"], params["seed"], groups)
+    return bool(np.array_equal(drawn, [int(r["fold"]) for r in rows]))
+
+
 def resize_images(images: np.ndarray, image_size) -> np.ndarray:
     """Resize a uint8 batch to (height, width) with PIL (only for reduced smoke settings)."""
     h, w = image_size
@@ -407,6 +423,11 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, featur
             was = old.get("identity") or {}
             diff = {k: (was.get(k), v) for k, v in identity.items() if was.get(k) != v}
             raise RunMismatch(f"{out} holds a run with other parameters, weights or images {diff} (old, new); {afresh}")
+        if (out / "folds.csv").is_file() and not folds_drawn_again(out):
+            import sklearn
+            was = old.get("environment", {}).get("versions", {}).get("scikit-learn", "another version")
+            raise RunMismatch(f"{out}: its folds were drawn by scikit-learn {was}, and scikit-learn "
+                              f"{sklearn.__version__} draws others; resume it with scikit-learn {was}, or {afresh}")
         record = old
     else:
         stray = sorted(p.name for p in out.glob("fold-*.json"))
