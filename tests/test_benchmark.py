@@ -67,3 +67,18 @@ def test_protocol_time_is_built_from_the_measured_folds():
     assert s["later_fold_seconds"] == pytest.approx(3.5 + 8 * 1.5)
     assert s["protocol_seconds"] == pytest.approx(2.0 + 8.0 + 8 * 1.5 + 9 * (3.5 + 8 * 1.5))
     assert s["fold_seconds"] == 10.0
+
+
+def test_benchmark_keeps_the_rows_of_an_earlier_call_with_the_same_settings(record, tmp_path):
+    rec, out = record
+    (tmp_path / "benchmark.json").write_text((out / "benchmark.json").read_text())
+    settings = dict(epochs=2, n_splits=3, image_size=(40, 53))
+    again = benchmark.run_benchmark(tiny_dataset(), tmp_path, backbones=["vgg19", "mobilenet"], protocol_epochs=4,
+                                    **settings)
+    assert again["backbones"]["vgg19"] == json.loads(json.dumps(rec["backbones"]["vgg19"]))  # not measured again
+    assert set(again["backbones"]) == {"vgg19", "mobilenet"} and again["backbones"]["mobilenet"]["measured_utc"]
+    benchmark.check_record(json.loads((tmp_path / "benchmark.json").read_text()))
+    # other settings: every row is measured afresh, and the earlier rows are not kept
+    other = benchmark.run_benchmark(tiny_dataset(), tmp_path, backbones=["vgg19"], protocol_epochs=5, **settings)
+    assert other["backbones"]["vgg19"]["plain"] != rec["backbones"]["vgg19"]["plain"]
+    assert set(other["backbones"]) == {"vgg19"}

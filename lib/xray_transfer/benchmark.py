@@ -136,6 +136,11 @@ def run_benchmark(dataset, output_dir, backbones=None, epochs=2, limit=None, pro
                   n_splits=10, image_size=(200, 266)) -> dict:
     """Time both paths for each backbone in one process; write ``benchmark.json`` after each backbone.
 
+    A ``benchmark.json`` already in ``output_dir`` with the same settings, dataset, device,
+    backend and commit keeps its rows, and only the backbones it lacks are measured (a GPU
+    call's time limit can stop the benchmark between rows). Each row records when it was
+    measured (``measured_utc``); both paths of a row are always timed in one process.
+
     Parameters
     ----------
     dataset : path or xray_transfer.data.Dataset
@@ -169,7 +174,12 @@ def run_benchmark(dataset, output_dir, backbones=None, epochs=2, limit=None, pro
                                 "cutoff is deep, else uint8 images scaled by the network; padded prediction "
                                 "batches"},
               "backbones": {}}
+    earlier = _earlier_rows(out / "benchmark.json", result)
     for key in keys:
+        if key in earlier:
+            print(f"{key:22s} measured before, at {earlier[key].get('measured_utc', '?')}: kept", flush=True)
+            result["backbones"][key] = earlier[key]
+            continue
         row = {"plain": time_plain(ds, key, epochs, n_splits, protocol_epochs, image_size=image_size),
                "fast": time_ours(ds, key, epochs, n_splits, protocol_epochs, image_size=image_size)}
         for name in ("plain", "fast"):
@@ -181,11 +191,34 @@ def run_benchmark(dataset, output_dir, backbones=None, epochs=2, limit=None, pro
         row["protocol_speedup"] = row["plain"]["protocol_seconds"] / row["fast"]["protocol_seconds"]
         print(f"{key:22s} speed-up: steady x{row['steady_speedup']:.1f}, fold x{row['fold_speedup']:.1f}, "
               f"protocol x{row['protocol_speedup']:.1f}", flush=True)
+        row["measured_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         result["backbones"][key] = row
         tmp = out / ".benchmark.json.tmp"
         tmp.write_text(json.dumps(result, indent=1) + "\n")
         os.replace(tmp, out / "benchmark.json")
     return result
+
+
+def _earlier_rows(path: Path, result: dict) -> dict:
+    """The rows of an earlier ``benchmark.json`` made with the same settings, data, device, backend and
+    commit as ``result``; empty otherwise."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    same = ("n_images", "epochs", "image_size", "n_splits", "protocol_epochs", "manifest_sha256",
+            "persistent_compilation_cache", "paths")
+    env_same = [("device",), ("backend",), ("git", "commit"), ("git", "dirty")]
+
+    def env(record, keys):
+        value = record.get("environment", {})
+        for k in keys:
+            value = value.get(k, {}) if isinstance(value, dict) else None
+        return value
+
+    if all(old.get(k) == result[k] for k in same) and all(env(old, k) == env(result, k) for k in env_same):
+        return old.get("backbones", {})
+    return {}
 
 
 def check_record(record: dict) -> None:
