@@ -208,15 +208,8 @@ def _earlier_rows(path: Path, result: dict) -> dict:
         return {}
     same = ("n_images", "epochs", "image_size", "n_splits", "protocol_epochs", "manifest_sha256",
             "persistent_compilation_cache", "paths")
-    env_same = [("device",), ("backend",), ("git", "commit"), ("git", "dirty")]
-
-    def env(record, keys):
-        value = record.get("environment", {})
-        for k in keys:
-            value = value.get(k, {}) if isinstance(value, dict) else None
-        return value
-
-    if all(old.get(k) == result[k] for k in same) and all(env(old, k) == env(result, k) for k in env_same):
+    was, now = old.get("environment", {}), result["environment"]
+    if all(old.get(k) == result[k] for k in same) and all(was.get(k) == now[k] for k in ("device", "backend", "git")):
         return old.get("backbones", {})
     return {}
 
