@@ -63,6 +63,9 @@ def test_audit_chapter_marks_missing_and_unfinished_runs_pending(executed):
     shown = "\n".join(notebook_texts(executed["nb"]))
     assert "1 of 2 folds" in shown  # the unfinished lungs-hidden run is listed with its status
     assert "not run" in shown  # grouped-vgg19 and the batch_statistics run do not exist
+    # the comparison's sentence names the pair it cannot make yet, beside the one it makes
+    assert "VGG19's patient-grouped run is not complete yet (not run)" in shown
+    assert "moves by" in shown
     assert "Not yet measured on the current data and weights" in shown
     assert "make final-vgg19" in shown  # the missing final model is named
 
