@@ -129,3 +129,5 @@ TGZ ?= gpu-out.tgz
 gpu-adopt: $(STAMP)  ## take finished runs and the benchmark from a GPU call's $(TGZ) into artifacts/
 	rm -rf _build/gpu-adopt && mkdir -p _build/gpu-adopt && tar xzf $(TGZ) -C _build/gpu-adopt
 	$(BIN)/python -m xray_transfer.gpu_plan adopt _build/gpu-adopt/out --repo .
+	if [ -f $(dir $(TGZ))jax-cache.tgz ]; then rm -rf .gpu/jax-cache && mkdir -p .gpu && tar xzf $(dir $(TGZ))jax-cache.tgz -C .gpu \
+		&& echo "JAX's compilation cache is in .gpu/jax-cache: a later lease's call can carry it"; fi

@@ -29,8 +29,9 @@
 # (seconds per job, device, backend, compilations), and gpu-log.txt (this script's log, every call of
 # the lease: each ends with its total command time). Every 10 s, and at the end, $OUT/gpu-out.tgz holds them all
 # (the .keras models stay behind: too large to come back), so what finished comes back even if the
-# time limit strikes; $OUT/gpu-log.txt is this script's log. Here:
-#   tar xzf <files_at>/gpu-out.tgz -C /tmp && .venv/bin/python -m xray_transfer.gpu_plan adopt /tmp/out
+# time limit strikes; $OUT/gpu-log.txt is this script's log; $OUT/jax-cache.tgz
+# is JAX's compilation cache, where it packs into 16 MiB, for a later lease to carry (.gpu/jax-cache). Here:
+#   make gpu-adopt TGZ=<files_at>/gpu-out.tgz    (it also unpacks the jax-cache.tgz beside it into .gpu/)
 #
 #   SMOKE=1 scripts/gpu_run.sh        tiny settings, to check the script (runs on a CPU too)
 #   scripts/gpu_run.sh JOB ...        only these jobs (python -m xray_transfer.gpu_plan jobs lists them all)
@@ -76,6 +77,13 @@ t0=$SECONDS
   # the benchmark in a process of its own without the cache, so that plain fit compiles as anyone's would
   [ ${#BENCH[@]} -gt 0 ] && { plan nocache bench/all || rc=$?; }
   echo "total command time: $((SECONDS - t0)) s (rc $rc)"
+  # JAX's compilation cache, for the next lease's bare machine, where it fits the way back (16 MiB a file)
+  if [ -d "$GPU_DIR/jax-cache" ]; then
+    tar czf "$OUT/jax-cache.tgz" -C "$GPU_DIR" jax-cache
+    size=$(stat -c %s "$OUT/jax-cache.tgz")
+    echo "compilation cache: $(ls "$GPU_DIR/jax-cache" | wc -l) entries, $((size / 1024)) KiB packed" \
+      "$([ "$size" -le $((16 * 1024 * 1024)) ] && echo "in jax-cache.tgz" || { rm "$OUT/jax-cache.tgz"; echo "(too large to come back)"; })"
+  fi
   exit $rc
 } 2>&1 | tee -a "$OUT/gpu-log.txt" "$R/gpu-log.txt"
 rc=${PIPESTATUS[0]}

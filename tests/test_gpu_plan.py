@@ -158,6 +158,8 @@ def smoke_run(tmp_path_factory):
     # a stand-in for VGG19's offline weights file (random values, the registered name)
     keras.applications.VGG19(include_top=False, weights=None, input_shape=(75, 100, 3)).save_weights(
         work / OFFLINE_WEIGHTS["vgg19"].file)
+    (work / "jax-cache").mkdir()  # as an earlier call of the lease left it
+    (work / "jax-cache" / "an-earlier-entry").write_bytes(b"compiled")
     env = {**os.environ, "SMOKE": "1", "GPU_DIR": str(work), "OUT": str(tmp / "out"), "PYTHON": sys.executable,
            "KERAS_BACKEND": os.environ.get("SMOKE_BACKEND", "tensorflow")}
     for name in ("XRAY_WEIGHTS_DIR", "DATASET"):  # the script would take these over the smoke files
@@ -192,7 +194,8 @@ def test_gpu_script_runs_end_to_end_with_smoke_settings(smoke_run):
     bench = json.loads((out / "benchmark" / "benchmark.json").read_text())
     benchmark.check_record(bench)
     assert bench["persistent_compilation_cache"] is None  # plain fit compiled as in anyone's script
-    assert (tmp / "gpu" / "jax-cache").is_dir() or log[0]["backend"] != "jax"  # the runs had the cache
+    new_entries = [p for p in (tmp / "gpu" / "jax-cache").iterdir() if p.name != "an-earlier-entry"]
+    assert new_entries or log[0]["backend"] != "jax"  # the runs had the cache
 
 
 def test_gpu_script_packs_everything_but_the_models_for_the_way_back(smoke_run):
@@ -202,6 +205,13 @@ def test_gpu_script_packs_everything_but_the_models_for_the_way_back(smoke_run):
     assert {"out/runs/vgg19/fold-01.json", "out/models/vgg19.json", "out/benchmark/benchmark.json",
             "out/plan-log.jsonl"} <= names
     assert not any(n.endswith(".keras") for n in names)
+
+
+def test_gpu_script_sends_the_compilation_cache_back_for_a_later_lease(smoke_run):
+    proc, tmp = smoke_run
+    with tarfile.open(tmp / "out" / "jax-cache.tgz") as tar:
+        assert "jax-cache/an-earlier-entry" in tar.getnames()
+    assert "KiB packed in jax-cache.tgz" in (tmp / "out" / "gpu-log.txt").read_text()
 
 
 def test_a_second_call_resumes_from_the_finished_folds(smoke_run, monkeypatch):
