@@ -99,6 +99,9 @@ def test_audit_page_records_what_it_read_and_a_check_sees_artifacts_move_on(exec
     record = json.loads((tmp / "out" / "audit-inputs.json").read_text())
     assert record["runs"]["audit/grouped-mobilenet"] == 2 and record["runs"]["audit/lungs-hidden-in-frame-mobilenet"] == 1
     assert record["models"]["mobilenet"] and record["models"]["vgg19"] is None
+    # what the page could not measure, in its own words, for the landing page
+    assert any(p.startswith("MobileNet v1, lungs hidden") and "(1 of 2 folds)" in p for p in record["pending"])
+    assert any("make final-vgg19" in p for p in record["pending"])
     assert audit.stale_inputs(record, tmp) == []  # the tree it read: nothing moved
     moved = json.loads(json.dumps(record))
     moved["runs"]["audit/lungs-hidden-in-frame-mobilenet"] = 0  # a fold landed after the page ran

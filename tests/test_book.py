@@ -6,6 +6,8 @@ The book is built once per test session into the repository's ``_build/html`` (a
 it when it is missing. Without it the browser tests skip, except under ``CI=true``,
 where they fail.
 """
+import html
+import json
 import os
 import re
 import shutil
@@ -200,6 +202,11 @@ def test_landing_page_shows_the_glance_figure_table_and_caveats(book):
     text = index.read_text()
     assert "The main caveats" in text and text.count('class="reference internal"') >= 5
     assert "![Results at a glance](book/images/at_a_glance.png)" in (REPO / "README.md").read_text()
+    # the audit's state comes from its last execution's record, not from prose
+    pending = json.loads((REPO / "artifacts" / "audit" / "audit-inputs.json").read_text())["pending"]
+    shown = html.unescape(text)
+    assert all(p.replace("`", "") in shown for p in pending)
+    assert ("Every audit run and probe is complete" in shown) == (not pending)
 
 
 def test_results_page_screenshot(book, chromium, tmp_path):
@@ -355,9 +362,6 @@ def built_pages():
 
 def page_report(chromium, tmp_path, page: Path) -> dict:
     """Load one built page in headless Chromium (1280 px wide, MathJax run) and measure it."""
-    import html as html_lib
-    import json
-
     probe = page.with_name(page.stem + ".xray-check.html")
     text = page.read_text(errors="replace")
     script = CHECK_SCRIPT % {"uncaptioned": json.dumps(list(UNCAPTIONED_CLASSES))}
@@ -369,7 +373,7 @@ def page_report(chromium, tmp_path, page: Path) -> dict:
         probe.unlink(missing_ok=True)
     m = re.search(r'data-xray-check="([^"]*)"', proc.stdout)
     assert m, f"{page.relative_to(HTML)}: the check script did not run ({proc.stderr[-500:]})"
-    return json.loads(html_lib.unescape(m.group(1)))
+    return json.loads(html.unescape(m.group(1)))
 
 
 def code_cells(nb) -> list[str]:

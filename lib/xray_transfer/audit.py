@@ -142,12 +142,15 @@ def scores_table(runs: dict, manifest_sha256=None):
     return pd.DataFrame(rows).T
 
 
-def inputs_record(run_dirs, model_sha256: dict) -> dict:
+def inputs_record(run_dirs, model_sha256: dict, pending=()) -> dict:
     """What an executed audit page read: the folds done in each run folder, keyed
-    ``"<parent>/<name>"`` (``"runs/mobilenet"``, ``"audit/bn-inference-mobilenet"``), and the
-    SHA-256 of each model trained on all images, by backbone (None where it was absent)."""
+    ``"<parent>/<name>"`` (``"runs/mobilenet"``, ``"audit/bn-inference-mobilenet"``), the
+    SHA-256 of each model trained on all images, by backbone (None where it was absent), and
+    ``pending``, what the page could not measure yet, in the page's words (the landing page
+    quotes it)."""
     runs = {f"{Path(d).parent.name}/{Path(d).name}": len(list(Path(d).glob("fold-*.json"))) for d in run_dirs}
-    return {"runs": dict(sorted(runs.items())), "models": dict(sorted(model_sha256.items()))}
+    return {"runs": dict(sorted(runs.items())), "models": dict(sorted(model_sha256.items())),
+            "pending": list(dict.fromkeys(pending))}
 
 
 def stale_inputs(record: dict, artifacts="artifacts") -> list[str]:
