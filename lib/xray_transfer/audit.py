@@ -153,6 +153,15 @@ def inputs_record(run_dirs, model_sha256: dict, pending=()) -> dict:
             "pending": list(dict.fromkeys(pending))}
 
 
+def state_sentence(audit_dir="artifacts/audit") -> str:
+    """One sentence on what the audit page in ``audit_dir`` could not measure yet, from the
+    ``pending`` list of its ``audit-inputs.json`` (the landing page and results chapter quote it)."""
+    pending = json.loads((Path(audit_dir) / "audit-inputs.json").read_text())["pending"]
+    if not pending:
+        return "Every audit run and probe is complete on the current runs."
+    return "Not yet measured on the current runs: " + "; ".join(pending).replace("`", "") + "."
+
+
 def stale_inputs(record: dict, artifacts="artifacts") -> list[str]:
     """How ``artifacts/`` differs from what an audit page read (``inputs_record``); empty if it does not.
 
