@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jupytext
 import nbformat
+import pandas as pd
 import papermill
 import pytest
 from conftest import notebook_texts
@@ -64,7 +65,7 @@ def test_audit_chapter_marks_missing_and_unfinished_runs_pending(executed):
     assert "1 of 2 folds" in shown  # the unfinished lungs-hidden run is listed with its status
     assert "not run" in shown  # grouped-vgg19 and the batch_statistics run do not exist
     # the comparison's sentence names the pair it cannot make yet, beside the one it makes
-    assert "VGG19's patient-grouped run is not complete yet (not run)" in shown
+    assert "VGG19's patient-grouped run is not complete yet (not run;" in shown
     assert "moves by" in shown
     assert "Not yet measured on the current data and weights" in shown
     assert "make final-vgg19" in shown  # the missing final model is named
@@ -84,7 +85,11 @@ def test_audit_chapter_scores_come_from_the_runs(executed):
     grouped = audit.run_summary(executed["tmp"] / "audit" / "grouped-mobilenet")["pooled"]
     assert f"{100 * grouped['accuracy_3class']:.1f}" in shown
     assert audit.run_summary(executed["tmp"] / "audit" / "lungs-hidden-in-frame-mobilenet")["pooled"] is None
-    assert (executed["tmp"] / "out" / "adult-non-covid-mobilenet.csv").is_file()
+    calls = pd.read_csv(executed["tmp"] / "out" / "adult-non-covid-mobilenet.csv")["predicted"]
+    assert "  - Called COVID-19\n" in shown  # the class's name as written everywhere, not "Called covid-19"
+    one_class = calls.nunique() == 1 and calls.iloc[0] != "covid"
+    # a model that calls every adult X-ray one other class: the summary says the probe cannot tell
+    assert (f"calls every one of them {calls.iloc[0]}, so this probe cannot tell" in shown) == one_class
 
 
 def test_scores_table_refuses_runs_on_another_dataset(executed):
