@@ -103,3 +103,11 @@ def test_audit_page_was_executed_on_the_committed_runs_and_models():
     stale = stale_inputs(record, ART)
     assert not stale, ("artifacts/audit/audit.ipynb is older than what it reads; re-execute it (`make audit`):\n"
                        + "\n".join(stale))
+
+
+def test_current_audit_page_shows_no_library_warnings():
+    """The reader sees results, not TensorFlow's notes on its own speed (the chapter filters them)."""
+    page = json.loads((ART / "audit" / "audit.ipynb").read_text())
+    shown = [t for c in page["cells"] for o in c.get("outputs", []) for t in ["".join(o.get("text", ""))]
+             if "WARNING:tensorflow" in t]
+    assert not shown, shown[0][:300]
