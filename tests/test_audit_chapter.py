@@ -67,7 +67,7 @@ def test_audit_chapter_marks_missing_and_unfinished_runs_pending(executed):
     # the comparison's sentence names the pair it cannot make yet, beside the one it makes
     assert "VGG19's patient-grouped run is not complete yet (not run;" in shown
     assert "moves by" in shown
-    assert "Not yet measured on the current data and weights" in shown
+    assert "Not yet measured on the current runs" in shown
     assert "make final-vgg19" in shown  # the missing final model is named
 
 

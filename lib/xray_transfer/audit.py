@@ -153,13 +153,18 @@ def inputs_record(run_dirs, model_sha256: dict, pending=()) -> dict:
             "pending": list(dict.fromkeys(pending))}
 
 
-def state_sentence(audit_dir="artifacts/audit") -> str:
-    """One sentence on what the audit page in ``audit_dir`` could not measure yet, from the
-    ``pending`` list of its ``audit-inputs.json`` (the landing page and results chapter quote it)."""
-    pending = json.loads((Path(audit_dir) / "audit-inputs.json").read_text())["pending"]
+def pending_sentence(pending) -> str:
+    """One sentence (MyST) on what the audit could not measure yet, or that nothing is missing."""
     if not pending:
         return "Every audit run and probe is complete on the current runs."
-    return "Not yet measured on the current runs: " + "; ".join(pending).replace("`", "") + "."
+    return "Not yet measured on the current runs: " + "; ".join(dict.fromkeys(pending)) + "."
+
+
+def state_sentence(audit_dir="artifacts/audit") -> str:
+    """:func:`pending_sentence` as plain text, from the ``pending`` list that the audit page in
+    ``audit_dir`` recorded in its ``audit-inputs.json`` (the landing page and results chapter quote it)."""
+    pending = json.loads((Path(audit_dir) / "audit-inputs.json").read_text())["pending"]
+    return pending_sentence(pending).replace("`", "")
 
 
 def stale_inputs(record: dict, artifacts="artifacts") -> list[str]:
