@@ -70,7 +70,7 @@ t0=$SECONDS
     local nocache=""; [ "$1" = nocache ] && { nocache=1; shift; }
     ${nocache:+env -u JAX_COMPILATION_CACHE_DIR -u JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS} \
       "$PYTHON" -m xray_transfer.gpu_plan run --dataset "${DATASET:-$GPU_DIR/dataset.npz}" --out "$R" $SMOKE_ARG "$@" 2>&1 \
-      | grep --line-buffered -v -E "^(I0000|W0000|WARNING: All log)|cuda_timer"
+      | { grep --line-buffered -v -E "^(I0000|W0000|WARNING: All log)|cuda_timer" || true; }  # rc: Python's
   }
   rc=0
   [ ${#TRAIN[@]} -gt 0 ] && { plan "${TRAIN[@]}" || rc=$?; }

@@ -214,6 +214,20 @@ def test_gpu_script_sends_the_compilation_cache_back_for_a_later_lease(smoke_run
     assert "KiB packed in jax-cache.tgz" in (tmp / "out" / "gpu-log.txt").read_text()
 
 
+def test_a_compilation_cache_too_large_for_the_way_back_is_named_and_left_on_the_machine(tmp_path):
+    # only the script's packing is under test: `true` stands in for the plan's Python, which trains nothing
+    work = tmp_path / "gpu"
+    (work / "jax-cache").mkdir(parents=True)
+    (work / "jax-cache" / "a-large-entry").write_bytes(os.urandom(17 * 1024 * 1024))  # does not compress
+    env = {**os.environ, "GPU_DIR": str(work), "OUT": str(tmp_path / "out"), "PYTHON": "true"}
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_run.sh"), "paper/vgg19"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "compilation cache: 1 entries" in proc.stdout and "(too large to come back)" in proc.stdout
+    assert not (tmp_path / "out" / "jax-cache.tgz").exists()  # a file over 16 MiB would not come back
+    assert (work / "jax-cache" / "a-large-entry").exists()  # the warm machine keeps it for the next call
+
+
 def test_a_second_call_resumes_from_the_finished_folds(smoke_run, monkeypatch):
     proc, tmp = smoke_run
     out = tmp / "gpu" / "out"
