@@ -84,6 +84,15 @@ def test_audit_chapter_scores_come_from_the_runs(executed):
     shown = "\n".join(notebook_texts(executed["nb"]))
     grouped = audit.run_summary(executed["tmp"] / "audit" / "grouped-mobilenet")["pooled"]
     assert f"{100 * grouped['accuracy_3class']:.1f}" in shown
+    # the summary states what patient-grouped folds and the BatchNorm mode did, from the same runs
+    image_level = audit.run_summary(executed["tmp"] / "runs" / "mobilenet")["pooled"]
+    change = 100 * (grouped["accuracy_3class"] - image_level["accuracy_3class"])
+    assert (f"- Keeping each patient on one side of every split moves MobileNet v1's 3-class accuracy by "
+            f"{change:+.1f} percentage points") in shown
+    inference = audit.run_summary(executed["tmp"] / "audit" / "bn-inference-mobilenet")["pooled"]
+    low, high = sorted(100 * r["accuracy_3class"] for r in (image_level, inference))
+    assert (f"- The BatchNormalization mode alone moves MobileNet v1's 3-class accuracy between {low:.1f} %") in shown
+    assert f"and {high:.1f} %" in shown
     assert audit.run_summary(executed["tmp"] / "audit" / "lungs-hidden-in-frame-mobilenet")["pooled"] is None
     calls = pd.read_csv(executed["tmp"] / "out" / "adult-non-covid-mobilenet.csv")["predicted"]
     assert "  - Called COVID-19\n" in shown  # the class's name as written everywhere, not "Called covid-19"
