@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from xray_transfer import metrics, models, train
+from xray_transfer import metrics, models, provenance, train
 from xray_transfer.data import CLASSES, Dataset
 
 # ---------------------------------------------------------------- make_config
@@ -243,6 +243,7 @@ def test_cross_validate_fold_artifacts_are_consistent(run_dir, dataset):
         assert len(f["history"]["loss"]) == RUN["epochs"]
         assert f["timing"]["fit_seconds"] > 0 and f["timing"]["fast_path"] is False
         assert f["backend"] and f["device"]
+        assert f["git"] == provenance.git_commit()  # the code that made this fold, which a resume may change
         tested += f["test_index"]
     assert sorted(tested) == list(range(N))  # every image tested exactly once
 

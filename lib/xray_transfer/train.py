@@ -485,7 +485,9 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, featur
                            "predict_seconds": res["predict_seconds"],
                            "train_images_per_second": len(train_idx) * cfg["epochs"] / fit_seconds,
                            "fast_path": trainer.fast},
-                "backend": env["backend"], "device": env["device"], "run_identity_sha256": identity_sha256}
+                "backend": env["backend"], "device": env["device"],
+                "git": env["git"],  # a resumed run's folds may come from later commits than run.json's
+                "run_identity_sha256": identity_sha256}
         _atomic_json(out / f"fold-{k:02d}.json", fold)
         record["folds_done"] = sorted(set(record["folds_done"]) | {k})
         _atomic_json(record_path, record)
