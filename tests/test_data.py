@@ -411,3 +411,262 @@ def test_a_damaged_pack_is_refused_naming_it(tmp_path):
     bad.write_bytes(b"not a zip")
     with pytest.raises(DataLayoutError, match=r"dataset.npz: not a dataset pack .*make pack"):
         load_dataset(bad)
+
+
+# ---- hostile input, round 2 (issue 28): never change what we did not write ----
+
+def test_rebuilding_refuses_a_dataset_folder_with_files_we_did_not_write(cxr_dir, tmp_path):
+    from xray_transfer.safety import Refused
+    build(cxr_dir, tmp_path / "ds")
+    (tmp_path / "ds" / "MY_NOTES.txt").write_text("mine")
+    (tmp_path / "ds" / "extra").mkdir()
+    (tmp_path / "ds" / "extra" / "x.png").write_bytes(b"mine too")
+    with pytest.raises(Refused, match=r"ds: a dataset folder of this project, but MY_NOTES.txt, extra "
+                                      r"in it were not written by `assemble`"):
+        build(cxr_dir, tmp_path / "ds")
+    assert (tmp_path / "ds" / "MY_NOTES.txt").read_text() == "mine"
+    assert (tmp_path / "ds" / "extra" / "x.png").read_bytes() == b"mine too"
+
+
+def test_output_through_a_symbolic_link_replaces_its_target_and_keeps_the_link(cxr_dir, tmp_path):
+    (tmp_path / "real").mkdir()
+    build(cxr_dir, tmp_path / "real" / "ds")
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "real" / "ds")
+    info = build(cxr_dir, link, counts={**SMALL, "normal": 2})
+    assert link.is_symlink() and read_manifest(link) == read_manifest(tmp_path / "real" / "ds")
+    assert json.loads((link / "dataset.json").read_text()) == info and info["counts"]["normal"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cxr", "link", "real"]
+    assert leftovers(tmp_path / "real") == []
+
+
+KILLER = """
+import os, signal, sys
+from pathlib import Path
+from xray_transfer import data
+where = sys.argv[3]
+if where == "letterbox":
+    real = data.letterbox
+    calls = []
+    def letterbox(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*a, **k)
+    data.letterbox = letterbox
+else:  # between the two renames of the swap
+    rename = Path.rename
+    def killing_rename(self, target):
+        out = rename(self, target)
+        if ".old-" in str(target):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+    Path.rename = killing_rename
+data.assemble(sys.argv[1], sys.argv[2], counts={"covid": 4, "normal": 3, "pneumonia": 5}, progress=False)
+"""
+
+
+@pytest.mark.parametrize("where", ["letterbox", "swap"])
+def test_a_killed_assemble_is_cleaned_up_and_the_old_dataset_recovered_by_the_next_run(cxr_dir, tmp_path, where):
+    import subprocess
+    import sys
+    out = tmp_path / "ds"
+    before = build(cxr_dir, out)
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(cxr_dir), str(out), where])
+    assert proc.returncode == -9 and leftovers(tmp_path)  # killed, leaving its folders
+    assert out.exists() == (where == "letterbox")
+    with pytest.raises(ValueError, match="counts"):  # a next run that fails still recovers the old dataset
+        build(cxr_dir, out, counts={"covid": 1})
+    assert leftovers(tmp_path) == [] and json.loads((out / "dataset.json").read_text()) == before
+    assert load_dataset(out).manifest_sha256 == before["manifest_sha256"]
+
+
+def test_the_dataset_folder_follows_the_umask(cxr_dir, tmp_path):
+    import os
+    import stat
+    old = os.umask(0o022)
+    try:
+        build(cxr_dir, tmp_path / "ds")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "ds").stat().st_mode) == 0o755
+
+
+# ---- hostile input, round 2: nothing silently wrong ----
+
+@pytest.mark.parametrize("name", ["/etc/hosts.png", "../../outside.png", "sub/../../../outside.png"])
+def test_a_metadata_path_outside_the_collection_is_refused_naming_the_line(cxr_dir, tmp_path, name):
+    Image.new("L", (90, 80), 30).save(tmp_path / "outside.png")
+    _rewrite_metadata(cxr_dir / "cohen/metadata.csv", lambda rows: [{**rows[0], "filename": name}] + rows[1:])
+    with pytest.raises(DataLayoutError, match=r"cohen/metadata.csv: line 2 names .*outside cohen/"):
+        build(cxr_dir, tmp_path / "ds")
+
+
+@pytest.mark.parametrize("side", [1, 3])
+def test_a_tiny_image_is_unreadable_refused_or_skipped_and_listed(cxr_dir, tmp_path, side):
+    victim = _first_drawn_normal(cxr_dir)
+    Image.new("L", (side, side), 90).save(victim)
+    with pytest.raises(ImageReadError, match=f"{victim.name}: only {side}x{side} pixels, too small"):
+        build(cxr_dir, tmp_path / "ds")
+    info = build(cxr_dir, tmp_path / "ds", on_error="skip")
+    assert info["counts"] == SMALL and len(info["skipped"]) == 1 and "too small" in info["skipped"][0]
+
+
+def test_kermany_folders_follow_links_once_and_list_what_they_leave_out(cxr_dir, tmp_path):
+    normal = cxr_dir / "kermany/NORMAL"
+    elsewhere = tmp_path / "more"
+    elsewhere.mkdir()
+    Image.new("L", (100, 90), 70).save(elsewhere / "IM-0900-0001.jpeg")
+    (normal / "linked").symlink_to(elsewhere)             # images in a linked folder are found
+    (normal / "loop").symlink_to(normal)                  # a loop is searched once
+    (normal / "IM-0901-0001.jpeg").symlink_to(tmp_path / "gone.jpeg")  # broken
+    left_out, repeats = [], []
+    cands = find_candidates(cxr_dir, left_out, repeats)
+    assert "kermany/NORMAL/linked/IM-0900-0001.jpeg" in {c.original_path for c in cands["normal"]}
+    assert len(cands["normal"]) == 7
+    assert left_out == [f"{normal / 'IM-0901-0001.jpeg'}: a broken symbolic link (its target is missing)"]
+    assert repeats == [f"{normal / 'loop'}: a link to {normal}, already searched"]
+    with pytest.raises(DataLayoutError, match="IM-0901-0001.jpeg: a broken symbolic link"):
+        build(cxr_dir, tmp_path / "ds")
+    info = build(cxr_dir, tmp_path / "ds", on_error="skip")
+    assert info["eligible"]["normal"] == 7 and info["skipped"] == left_out + repeats
+
+
+def test_a_stray_file_in_a_kermany_folder_is_named_and_skipped_with_skip_bad(cxr_dir, tmp_path):
+    Image.new("L", (100, 90), 70).save(cxr_dir / "kermany/NORMAL/myxray.jpeg")
+    with pytest.raises(DataLayoutError, match=r"kermany/NORMAL/myxray.jpeg: not a Kermany file name"):
+        build(cxr_dir, tmp_path / "ds")
+    info = build(cxr_dir, tmp_path / "ds", on_error="skip")
+    assert info["counts"] == SMALL and "myxray.jpeg: not a Kermany file name" in info["skipped"][0]
+
+
+def test_a_short_metadata_row_is_refused_naming_file_and_line(cxr_dir, tmp_path):
+    meta = cxr_dir / "cohen/metadata.csv"
+    meta.write_text(meta.read_text() + "77,COVID-19\n")
+    with pytest.raises(DataLayoutError, match=r"cohen/metadata.csv: line 10 has fewer fields than the header"):
+        build(cxr_dir, tmp_path / "ds")
+
+
+def test_a_changed_image_or_label_in_a_dataset_folder_is_refused_when_loading_or_packing(cxr_dir, tmp_path):
+    import shutil
+    build(cxr_dir, tmp_path / "ds")
+    shutil.copytree(tmp_path / "ds", tmp_path / "relabelled")
+    manifest = tmp_path / "relabelled/manifest.csv"
+    manifest.write_text(manifest.read_text().replace(",covid,cohen,", ",normal,cohen,", 1))
+    with pytest.raises(DataLayoutError, match=r"relabelled/manifest.csv: does not match the hash in dataset.json"):
+        load_dataset(tmp_path / "relabelled")
+    first = read_manifest(tmp_path / "ds")[0]["file"]
+    Image.new("L", (266, 200), 0).save(tmp_path / "ds/images" / first)
+    for act in (lambda: load_dataset(tmp_path / "ds"), lambda: pack(tmp_path / "ds", tmp_path / "ds.npz")):
+        with pytest.raises(ImageReadError, match=f"{first}: pixels differ from manifest.csv.*make dataset"):
+            act()
+    assert not (tmp_path / "ds.npz").exists()
+
+
+@pytest.mark.parametrize("limit", [0, -5, 2, 10, 1.5])
+def test_a_limit_outside_its_range_names_the_range(cxr_dir, tmp_path, limit):
+    build(cxr_dir, tmp_path / "ds")  # 12 images: a subset of 3 to 9, or all
+    with pytest.raises(ValueError, match=rf"limit must be a whole number from 3 to 9 .* got {limit}"):
+        load_dataset(tmp_path / "ds", limit=limit)
+
+
+def test_errors_name_the_users_paths_not_our_temporary_ones(cxr_dir, tmp_path, monkeypatch):
+    import errno
+    build(cxr_dir, tmp_path / "ds")
+
+    def full(fp, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(fp))
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(OSError, match=r"ds.npz: cannot write the pack \(No space left on device\)") as err:
+        pack(tmp_path / "ds", tmp_path / "ds.npz")
+    assert ".tmp" not in str(err.value)
+    monkeypatch.setattr(Image.Image, "save", lambda self, fp, *a, **k: full(fp))
+    with pytest.raises(OSError, match=r"new: cannot write the dataset \(No space left on device\)") as err:
+        build(cxr_dir, tmp_path / "new")
+    assert ".tmp-" not in str(err.value) and leftovers(tmp_path) == []
+
+
+# ---- the committed manifest as the selection (issue 24) ----
+
+def test_current_cohen_finding_labels_are_accepted(cxr_dir, tmp_path):
+    before = {c.original_path for c in find_candidates(cxr_dir)["covid"]}
+    _rewrite_metadata(cxr_dir / "cohen/metadata.csv",
+                      lambda rows: [{**r, "finding": "Pneumonia/Viral/" + r["finding"]} for r in rows])
+    assert {c.original_path for c in find_candidates(cxr_dir)["covid"]} == before  # SARS stays out
+    assert build(cxr_dir, tmp_path / "ds")["counts"] == SMALL
+
+
+def _superset(cxr_dir, tmp_path, chosen):
+    """A larger, re-encoded download: more images and rows, chosen files re-encoded or moved."""
+    import shutil
+    sup = tmp_path / "superset"
+    shutil.copytree(cxr_dir, sup)
+    for i in range(20):  # extra normals and pneumonias, which change the name-hash draw
+        Image.new("L", (100, 90), 10 + i).save(sup / f"kermany/NORMAL/IM-{700 + i:04d}-0001.jpeg")
+        Image.new("L", (120, 90), 10 + i).save(sup / f"kermany/PNEUMONIA/person{700 + i}_bacteria_1.jpeg")
+    _rewrite_metadata(sup / "cohen/metadata.csv", lambda rows: rows + [
+        {**rows[0], "patientid": f"p{i}", "finding": "Pneumonia/Viral/COVID-19", "filename": f"new{i}.png"}
+        for i in range(10)])
+    for i in range(10):
+        Image.new("L", (90, 80), 100 + i).save(sup / f"cohen/images/new{i}.png")
+    by_label = {lab: [r for r in chosen if r["label"] == lab] for lab in CLASSES}
+    lossless = sup / by_label["covid"][0]["original_path"]  # PNG saved again: other bytes, same pixels
+    with Image.open(lossless) as im:
+        im.load()
+    im.save(lossless, compress_level=1, pnginfo=__import__("PIL.PngImagePlugin").PngImagePlugin.PngInfo())
+    moved = sup / by_label["normal"][0]["original_path"]  # in Mendeley's layout, as .png
+    (sup / "kermany/NORMAL/test").mkdir()
+    with Image.open(moved) as im:
+        im.save(sup / "kermany/NORMAL/test" / (moved.stem + ".png"))
+    moved.unlink()
+    lossy = sup / by_label["pneumonia"][0]["original_path"]  # JPEG re-encoded: other pixels
+    with Image.open(lossy) as im:
+        im.load()
+    im.save(lossy, quality=40)
+    return sup, {"lossless": lossless, "moved": moved, "lossy": lossy}
+
+
+def test_select_from_takes_exactly_the_listed_images_from_a_superset_download(cxr_dir, tmp_path):
+    build(cxr_dir, tmp_path / "ds")
+    chosen = read_manifest(tmp_path / "ds")
+    sup, changed = _superset(cxr_dir, tmp_path, chosen)
+    drawn = build(sup, tmp_path / "drawn")
+    assert [r["file"] for r in read_manifest(tmp_path / "drawn")] != [r["file"] for r in chosen]  # the draw moves
+    info = assemble(sup, tmp_path / "again", select_from=tmp_path / "ds/manifest.csv", progress=False)
+    again = read_manifest(tmp_path / "again")
+    keys = ("file", "label", "source", "patient_id", "width", "height")
+    assert [{k: r[k] for k in keys} for r in again] == [{k: r[k] for k in keys} for r in chosen]
+    assert info["counts"] == drawn["asked"] == SMALL and info["skipped"] == []
+    check = info["pixel_check"]
+    lossy = changed["lossy"].relative_to(sup).as_posix()
+    assert check["same file"] == len(chosen) - 3 and check["same pixels"] == 2
+    assert check["pixels differ"] == [lossy] and check["not checked (other size)"] == []
+    differ = {r["file"] for a, r in zip(chosen, again) if a["pixels_sha256"] != r["pixels_sha256"]}
+    assert differ == {r["file"] for r in again if r["original_path"] == lossy}
+    assert "kermany/NORMAL/test/" in again[[r["label"] for r in again].index("normal")]["original_path"]
+
+
+def test_select_from_names_every_listed_image_it_cannot_find(cxr_dir, tmp_path):
+    build(cxr_dir, tmp_path / "ds")
+    gone = [r["original_path"] for r in read_manifest(tmp_path / "ds")][:2]
+    for rel in gone:
+        (cxr_dir / rel).unlink()
+    with pytest.raises(DataLayoutError, match=rf"2 of the 12 images listed in .*manifest.csv are not under .*"
+                                              rf"{gone[0]}, {gone[1]}; download them"):
+        assemble(cxr_dir, tmp_path / "again", select_from=tmp_path / "ds/manifest.csv", progress=False)
+    info = assemble(cxr_dir, tmp_path / "again", select_from=tmp_path / "ds/manifest.csv", progress=False,
+                    allow_shortfall=True)
+    assert sum(info["shortfall"].values()) == 2 and len(info["skipped"]) == 2
+
+
+def test_select_from_a_full_size_original_checks_pixels_after_the_listed_downscale(cxr_dir, tmp_path):
+    build(cxr_dir, tmp_path / "ds")
+    row = read_manifest(tmp_path / "ds")[0]
+    path = cxr_dir / row["original_path"]
+    with Image.open(path) as im:
+        im.resize((im.width * 2, im.height * 2), Image.Resampling.NEAREST).save(path)
+    info = assemble(cxr_dir, tmp_path / "again", select_from=tmp_path / "ds/manifest.csv", progress=False)
+    again = read_manifest(tmp_path / "again")[0]
+    assert (again["original_width"], again["original_height"]) == (row["original_width"], row["original_height"])
+    assert info["pixel_check"]["same file"] == 11

@@ -18,6 +18,10 @@ from PIL import Image, UnidentifiedImageError
 
 #: Output size as (width, height), PIL's convention.
 OUTPUT_SIZE = (266, 200)
+#: The shortest side an X-ray may have, in pixels; smaller images are unreadable (the real ones have 156 or more).
+MIN_SIDE = 32
+#: File types read as images (any case).
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 
 
 class ImageReadError(ValueError):
@@ -34,8 +38,9 @@ def read_image(path) -> Image.Image:
     Raises
     ------
     ImageReadError
-        If the file is missing, empty, truncated, not an image, or larger than
-        Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS`` times two).
+        If the file is missing, empty, truncated, not an image, smaller than
+        :data:`MIN_SIDE` pixels on a side, or larger than Pillow's decompression-bomb
+        limit (``PIL.Image.MAX_IMAGE_PIXELS`` times two).
     """
     path = Path(path)
     if not path.is_file():
@@ -44,6 +49,9 @@ def read_image(path) -> Image.Image:
         raise ImageReadError(f"{path}: file is empty (0 bytes); re-download it or remove it from the collection")
     try:
         with Image.open(path) as im:
+            if min(im.size) < MIN_SIDE:
+                raise ImageReadError(f"{path}: only {im.size[0]}x{im.size[1]} pixels, too small for an X-ray "
+                                     f"(at least {MIN_SIDE} on each side); remove it or use the full image")
             im.load()
             return to_rgb(im)
     except Image.DecompressionBombError as err:

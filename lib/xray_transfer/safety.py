@@ -54,12 +54,37 @@ def check_output_folder(folder, kind: str) -> None:
     if not folder.is_dir():
         raise Refused(f"{folder}: exists and is not a folder; choose another output path")
     names = sorted(p.name for p in folder.iterdir())
-    if not names or is_ours(folder, kind):
+    if not names:
+        return
+    if is_ours(folder, kind):
+        foreign = _not_written_by_assemble(folder) if kind == "dataset" else []
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise Refused(f"{folder}: a dataset folder of this project, but {shown} in it were not written by "
+                          "`assemble`, which replaces the whole folder; move them out first")
         return
     record = {"dataset": "dataset.json", "run": "run.json"}[kind]
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     raise Refused(f"{folder}: not empty ({shown}) and not a {kind} folder of this project (no {record} of ours), "
                   "so it is left alone; choose a new or empty folder")
+
+
+def _not_written_by_assemble(folder: Path) -> list[str]:
+    """Entries of a dataset folder other than those ``assemble`` wrote (its records and the listed images)."""
+    import csv
+
+    from .data import IN_PROGRESS
+    with open(folder / "manifest.csv", newline="", encoding="utf-8", errors="replace") as f:
+        ours = {f"images/{r.get('file')}" for r in csv.DictReader(f)}
+    ours |= {"manifest.csv", "dataset.json", IN_PROGRESS, "images"} | {Path(p).parent.as_posix() for p in ours}
+    found = []
+    for base, dirs, files in os.walk(folder):
+        for name in sorted(dirs + files):
+            rel = (Path(base) / name).relative_to(folder).as_posix()
+            if rel not in ours or (Path(base) / name).is_symlink():
+                found.append(rel)
+        dirs[:] = [d for d in dirs if Path(base, d).relative_to(folder).as_posix() in ours]
+    return sorted(found)
 
 
 def check_apart(output, input_, what="input") -> None:
