@@ -8,6 +8,7 @@ from PIL import Image
 
 from xray_transfer import audit, predict, saliency, train
 from xray_transfer.data import CLASSES, Dataset
+from xray_transfer.preprocess import ImageReadError
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_predict_folder_writes_probabilities_and_lists_skipped_files(tiny_model,
     d = _folder(tmp_path)
     out = tmp_path / "pred.csv"
     res = predict.predict_folder(path, d, out)
-    assert res == {"images": 9, "predicted": 3, "skipped": 6, "calls": res["calls"]}
+    assert res == {"images": 9, "predicted": 3, "skipped": 6, "calls": res["calls"], "warnings": []}
     rows = list(csv.DictReader(open(out)))
     assert [r["file"] for r in rows] == sorted(r["file"] for r in rows)
     ok = [r for r in rows if not r["error"]]
@@ -135,15 +136,86 @@ def test_output_is_checked_before_any_work(tiny_model, tmp_path, monkeypatch):
 
 def test_unloadable_model_or_record_names_the_file(tiny_model, tmp_path):
     from xray_transfer.data import sha256_file
+    from xray_transfer.provenance import record_sha256
     _, record = tiny_model
     garbage = tmp_path / "garbage.keras"
     garbage.write_bytes(b"PK not really a zip")
-    garbage.with_suffix(".json").write_text(json.dumps({**record, "model_sha256": sha256_file(garbage)}))
+    forged = {**record, "model_sha256": sha256_file(garbage)}
+    forged["record_sha256"] = record_sha256(forged)
+    garbage.with_suffix(".json").write_text(json.dumps(forged))
     with pytest.raises(predict.ModelLoadError, match=r"garbage.keras: Keras cannot load this model"):
         predict.load_trained(garbage)
     garbage.with_suffix(".json").write_text("{")
     with pytest.raises(predict.ModelLoadError, match=r"garbage.json: not a model record"):
         predict.load_trained(garbage)
+
+
+# ---- hostile input, round 2 (issue 28) ----
+
+def test_predict_follows_links_once_and_lists_every_entry_it_does_not_use(tiny_model, tmp_path):
+    path, _ = tiny_model
+    d, elsewhere = tmp_path / "xrays", tmp_path / "elsewhere"
+    d.mkdir()
+    elsewhere.mkdir()
+    Image.new("L", (120, 90), 40).save(d / "a.png")
+    Image.new("L", (120, 90), 90).save(elsewhere / "b.png")
+    (d / "linked").symlink_to(elsewhere)          # a linked folder: its image is predicted
+    (d / "loop").symlink_to(d)                    # a loop: searched once, listed
+    (d / "gone.png").symlink_to(tmp_path / "no.png")  # broken: listed
+    res = predict.predict_folder(path, d, tmp_path / "pred.csv")
+    rows = {r["file"]: r for r in csv.DictReader(open(tmp_path / "pred.csv"))}
+    assert res["images"] == 4 and res["predicted"] == 2 and res["skipped"] == 2
+    assert rows["linked/b.png"]["predicted"] and rows["a.png"]["predicted"]
+    assert "broken symbolic link" in rows["gone.png"]["error"] and "already searched" in rows["loop"]["error"]
+    with pytest.raises(ImageReadError, match="gone.png: a broken symbolic link"):
+        predict.predict_folder(path, d, tmp_path / "strict.csv", on_error="raise")
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 3)])
+def test_predict_lists_a_tiny_image_as_unreadable(tiny_model, tmp_path, size):
+    path, _ = tiny_model
+    d = tmp_path / "xrays"
+    d.mkdir()
+    Image.new("L", (120, 90), 40).save(d / "a.png")
+    Image.new("L", size, 40).save(d / "dot.png")
+    predict.predict_folder(path, d, tmp_path / "pred.csv")
+    rows = {r["file"]: r for r in csv.DictReader(open(tmp_path / "pred.csv"))}
+    assert "too small for an X-ray" in rows["dot.png"]["error"] and not rows["dot.png"]["predicted"]
+
+
+def test_an_edited_model_record_is_refused(tiny_model, tmp_path):
+    import shutil
+    path, record = tiny_model
+    model = tmp_path / "vgg19.keras"
+    shutil.copy(path, model)
+    edited = {**record, "params": {**record["params"], "backbone": "mobilenet"}}
+    model.with_suffix(".json").write_text(json.dumps(edited))
+    with pytest.raises(predict.ModelLoadError, match=r"vgg19.json: edited after `xray-transfer final` wrote it"):
+        predict.load_trained(model)
+    del edited["record_sha256"]  # without the record's own hash, the model itself tells
+    model.with_suffix(".json").write_text(json.dumps(edited))
+    with pytest.raises(predict.ModelLoadError, match=r"vgg19.json: names backbone mobilenet .* the model is vgg19"):
+        predict.load_trained(model)
+
+
+def test_a_file_that_is_not_a_keras_model_is_named_as_such(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    with pytest.raises(predict.ModelLoadError, match=r"notes.txt: not a Keras model \(.keras file\)"):
+        predict.load_trained(notes)
+
+
+def test_a_model_whose_outputs_do_not_vary_is_warned_about(tiny_model, tmp_path, monkeypatch):
+    import keras
+    path, record = tiny_model
+    collapsed = keras.models.load_model(path, compile=False)
+    last = collapsed.layers[-1]
+    last.set_weights([np.zeros_like(w) for w in last.get_weights()])  # softmax of zeros: 1/3 each, always
+    monkeypatch.setattr(predict, "load_trained", lambda _: (collapsed, record))
+    d = _folder(tmp_path)
+    res = predict.predict_folder(path, d, tmp_path / "pred.csv")
+    assert len(res["warnings"]) == 1
+    assert "gives the same probabilities (0.333, 0.333, 0.333) for all 3 images" in res["warnings"][0]
 
 
 def test_patient_overlap_flags_only_patients_split_across_folds():

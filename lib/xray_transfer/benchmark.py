@@ -146,7 +146,8 @@ def run_benchmark(dataset, output_dir, backbones=None, epochs=2, limit=None, pro
     dataset : path or xray_transfer.data.Dataset
         Dataset folder or ``.npz`` pack (or a loaded dataset).
     output_dir : path
-        Gets ``benchmark.json`` (written atomically).
+        Gets ``benchmark.json`` (written atomically). A ``benchmark.json`` there that is
+        not a record of this function is refused, before any work.
     backbones : list of str, optional
         Default: all five of Table 1.
     epochs : int, default 2
@@ -158,12 +159,19 @@ def run_benchmark(dataset, output_dir, backbones=None, epochs=2, limit=None, pro
     image_size : (int, int), default (200, 266)
         Input size; the images are resized to it (smaller only for tests).
     """
+    from .safety import Refused, check_writable
+
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs!r}")
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise Refused(f"{out}: exists and is not a folder; choose another output folder")
+    if (out / "benchmark.json").exists() and not _is_benchmark(out / "benchmark.json"):
+        raise Refused(f"{out / 'benchmark.json'}: exists and is not a record of `xray-transfer benchmark`, so it "
+                      "is left alone; choose another output folder")
+    check_writable(out / "benchmark.json")
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, limit=limit)
     ds = Dataset(resize_images(ds.images, image_size), ds.labels, ds.manifest, ds.manifest_sha256)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     keys = backbones or [b.key for b in TABLE1]
     result = {"environment": environment(), "n_images": len(ds), "epochs": epochs, "image_size": list(image_size),
               "fold": f"folds 1 and 2 of {n_splits}", "n_splits": n_splits, "protocol_epochs": protocol_epochs,
@@ -212,6 +220,14 @@ def _earlier_rows(path: Path, result: dict) -> dict:
     if all(old.get(k) == result[k] for k in same) and all(was.get(k) == now[k] for k in ("device", "backend", "git")):
         return old.get("backbones", {})
     return {}
+
+
+def _is_benchmark(path: Path) -> bool:
+    try:
+        check_record(json.loads(path.read_text()))
+        return True
+    except (OSError, ValueError, AttributeError, TypeError):
+        return False
 
 
 def check_record(record: dict) -> None:

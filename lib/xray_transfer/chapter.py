@@ -49,6 +49,9 @@ def execute(notebook, output, parameters=(), raw=(), cwd=None) -> Path:
 
     Raises
     ------
+    xray_transfer.safety.Refused
+        If ``output`` is ``notebook``, does not end in ``.ipynb``, or is an existing file
+        that is not a notebook.
     UnknownParameter
         Before anything runs, for a name the chapter's parameters cell lacks.
     ChapterFailed
@@ -57,9 +60,17 @@ def execute(notebook, output, parameters=(), raw=(), cwd=None) -> Path:
     import papermill
     from papermill.cli import _resolve_type  # how `papermill -p` types a value
 
+    from .safety import Refused
+
     notebook, output = Path(notebook), Path(output)
     if not notebook.is_file():
         raise FileNotFoundError(f"{notebook}: no such notebook")
+    if output.suffix != ".ipynb":
+        raise Refused(f"{output}: the executed notebook must end in .ipynb")
+    if output.resolve() == notebook.resolve():
+        raise Refused(f"{output}: is the notebook to execute; write the executed copy elsewhere")
+    if output.exists() and not _is_notebook(output):
+        raise Refused(f"{output}: exists and is not a notebook, so it is left alone; choose another output")
     params = {name: _resolve_type(value) for name, value in parameters}
     params.update(dict(raw))
     check_parameters(notebook, list(params))
@@ -70,3 +81,12 @@ def execute(notebook, output, parameters=(), raw=(), cwd=None) -> Path:
         raise ChapterFailed(f"{notebook}: cell {err.exec_count} raised {err.ename}: {err.evalue}; the executed "
                             f"notebook {output} shows the traceback") from None
     return output
+
+
+def _is_notebook(path) -> bool:
+    import nbformat
+    try:
+        nbformat.read(str(path), as_version=4)
+        return True
+    except Exception:  # nbformat raises JSON, validation or reading errors of several kinds
+        return False

@@ -10,11 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
 #: Environment variable that turns on tracebacks (like ``--debug``).
 DEBUG_ENV = "XRAY_DEBUG"
+#: The library's messages name Python arguments; the command line's name its flags.
+FLAGS = [(r"\ballow_shortfall=True", "--allow-shortfall"), (r"\bon_error='skip'", "--skip-bad"),
+         (r"\bselect_from=", "--select-from "), (r"\bdata_dir\b", "--data"),
+         (r"\b(n_splits|epochs|batch_size|learning_rate|seed|limit|image_size)\b(?= must)",
+          lambda m: "--" + m.group(1).replace("_", "-"))]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take all images of a class that has fewer than the paper's count (recorded) "
                         "instead of stopping")
     a.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of failing")
+    a.add_argument("--select-from", default=None, metavar="MANIFEST",
+                   help="take exactly the images a manifest.csv lists (e.g. artifacts/dataset/manifest.csv) "
+                        "instead of drawing them")
 
     k = add("pack", help="pack the dataset cache into one .npz to carry to another machine")
     k.add_argument("--dataset", default="data/dataset")
@@ -107,7 +116,7 @@ def main(argv=None) -> int:
     except Exception as err:  # noqa: BLE001 -- the one place that turns errors into messages
         if debug:
             raise
-        print(f"xray-transfer {args.cmd}: {describe(err)}", file=sys.stderr)
+        print(f"xray-transfer {args.cmd}: {with_flags(describe(err))}", file=sys.stderr)
         print(f"(for the Python traceback run again with --debug or {DEBUG_ENV}=1)", file=sys.stderr)
         return 1
 
@@ -126,6 +135,19 @@ def describe(err: BaseException) -> str:
     return f"unexpected {type(err).__name__}: {text} (please report it, with the --debug output)"
 
 
+def with_flags(text: str) -> str:
+    """A library message with the command line's flags in place of Python's argument names.
+
+    >>> with_flags("only 7 found; pass allow_shortfall=True to take all 7")
+    'only 7 found; pass --allow-shortfall to take all 7'
+    >>> with_flags("n_splits must be at least 2, got 1")
+    '--n-splits must be at least 2, got 1'
+    """
+    for pattern, flag in FLAGS:
+        text = re.sub(pattern, flag, text)
+    return text
+
+
 def run(args) -> int:
     """Carry out the parsed command ``args``."""
     from .safety import Refused, check_apart, check_model_path, check_output_folder
@@ -133,11 +155,17 @@ def run(args) -> int:
     if args.cmd == "assemble":
         from .data import assemble
         info = assemble(args.data, args.out, allow_shortfall=args.allow_shortfall,
-                        on_error="skip" if args.skip_bad else "raise")
-        print(json.dumps({k: v for k, v in info.items() if k != "skipped"}, indent=1))
+                        on_error="skip" if args.skip_bad else "raise", select_from=args.select_from)
+        print(json.dumps({k: v for k, v in info.items() if k not in ("skipped", "pixel_check")}, indent=1))
         for line in info["skipped"]:
             print(f"skipped {line}", file=sys.stderr)
-        print(f"skipped {len(info['skipped'])} image(s) (listed in {args.out}/dataset.json)")
+        print(f"skipped {len(info['skipped'])} file(s) (listed in {args.out}/dataset.json)")
+        if "pixel_check" in info:
+            check = info["pixel_check"]
+            print(f"against {args.select_from}: {check['same file']} same file, {check['same pixels']} same pixels, "
+                  f"{len(check['pixels differ'])} with other pixels (re-encoded?), "
+                  f"{len(check['not checked (other size)'])} of another size, not checked "
+                  f"(listed in {args.out}/dataset.json)")
     elif args.cmd == "pack":
         from .data import pack
         check_apart(args.out, args.dataset, "dataset")
@@ -172,12 +200,14 @@ def run(args) -> int:
     elif args.cmd == "predict":
         from .predict import predict_folder
         res = predict_folder(args.model, args.input, args.out, on_error="raise" if args.strict else "skip")
-        print(json.dumps(res))
+        print(json.dumps({k: v for k, v in res.items() if k != "warnings"}))
+        for line in res["warnings"]:
+            print(f"warning: {line}", file=sys.stderr)
         if res["skipped"]:
             print(f"{res['skipped']} file(s) not predicted; the 'error' column of {args.out} says why", file=sys.stderr)
     elif args.cmd == "benchmark":
         from .benchmark import run_benchmark
-        check_apart(args.out, args.dataset, "dataset")
+        check_apart(args.out, args.dataset, "dataset")  # run_benchmark checks benchmark.json before any work
         run_benchmark(args.dataset, args.out, backbones=args.backbones, epochs=args.epochs, limit=args.limit,
                       n_splits=args.n_splits, protocol_epochs=args.protocol_epochs, image_size=tuple(args.image_size))
     elif args.cmd == "execute":

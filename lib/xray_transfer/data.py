@@ -172,12 +172,13 @@ def kermany_patient(name: str) -> str:
     return m.group(1)
 
 
-def walk_folder(folder) -> tuple[list[Path], list[str], list[str]]:
+def walk_folder(folder) -> tuple[list[Path], list[tuple[Path, str]], list[tuple[Path, str]]]:
     """Every file under ``folder``, following symbolic links once each; and what is left out, with why.
 
-    Returns ``(files, bad, repeats)``. ``bad``: broken links, link loops, folders that
-    cannot be listed, entries that are neither file nor folder. ``repeats``: links to a
-    folder already searched or a file already found (used once, under its first name).
+    Returns ``(files, bad, repeats)``, the last two as (path, why) pairs. ``bad``: broken
+    links, link loops, folders that cannot be listed, entries that are neither file nor
+    folder. ``repeats``: links to a folder already searched or a file already found
+    (used once, under its first name).
     Paths keep their names under ``folder`` (links are not resolved); files are sorted.
     """
     files, left_out, repeats, dirs_seen, files_seen = [], [], [], {}, {}
@@ -185,13 +186,13 @@ def walk_folder(folder) -> tuple[list[Path], list[str], list[str]]:
     def visit(d: Path, st):
         key = (st.st_dev, st.st_ino)
         if key in dirs_seen:
-            repeats.append(f"{d}: a link to {dirs_seen[key]}, already searched")
+            repeats.append((d, f"a link to {dirs_seen[key]}, already searched"))
             return
         dirs_seen[key] = d
         try:
             entries = sorted(os.scandir(d), key=lambda e: e.name)
         except OSError as err:
-            left_out.append(f"{d}: cannot be listed ({err.strerror})")
+            left_out.append((d, f"cannot be listed ({err.strerror})"))
             return
         for entry in entries:
             path = Path(entry.path)
@@ -200,14 +201,14 @@ def walk_folder(folder) -> tuple[list[Path], list[str], list[str]]:
             except OSError as err:
                 why = ("a symbolic link loop" if err.errno == errno.ELOOP
                        else "a broken symbolic link (its target is missing)" if path.is_symlink() else err.strerror)
-                left_out.append(f"{path}: {why}")
+                left_out.append((path, why))
                 continue
             if stat.S_ISDIR(st.st_mode):
                 visit(path, st)
             elif not stat.S_ISREG(st.st_mode):
-                left_out.append(f"{path}: not a file")
+                left_out.append((path, "not a file"))
             elif (st.st_dev, st.st_ino) in files_seen:
-                repeats.append(f"{path}: the same file as {files_seen[st.st_dev, st.st_ino]} (a link)")
+                repeats.append((path, f"the same file as {files_seen[st.st_dev, st.st_ino]} (a link)"))
             else:
                 files_seen[st.st_dev, st.st_ino] = path
                 files.append(path)
@@ -221,8 +222,8 @@ def _folder_candidates(root: Path, folder: str, label: str, pattern: str, left_o
                        repeats: list) -> list[Candidate]:
     d = root / "kermany" / folder
     files, bad, again = walk_folder(d)
-    left_out += bad
-    repeats += again
+    left_out += [f"{p}: {why}" for p, why in bad]
+    repeats += [f"{p}: {why}" for p, why in again]
     out = []
     for p in files:
         if not re.search(pattern, p.name, re.IGNORECASE):
@@ -618,7 +619,8 @@ def find_listed(root, rows) -> tuple[list[tuple[dict, Path]], list[str], list[st
     index, bad, repeats = {}, [], []
     for source in sorted({r["source"] for r in rows}):
         files, b, again = walk_folder(root / source)
-        bad, repeats = bad + b, repeats + again
+        bad += [f"{p}: {why}" for p, why in b]
+        repeats += [f"{p}: {why}" for p, why in again]
         for p in files:
             if p.suffix.lower() in IMAGE_SUFFIXES:
                 index.setdefault((source, p.stem), []).append(p)

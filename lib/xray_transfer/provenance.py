@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
+import json
 import os
 import platform
 import subprocess
@@ -78,3 +80,9 @@ def environment() -> dict:
     return {"backend": keras.backend.backend(), "device": device(), "versions": versions(),
             "git": git_commit(), "host": platform.node(),
             "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def record_sha256(record: dict) -> str:
+    """SHA-256 of a JSON record without its own ``record_sha256`` field (keys sorted), to detect edits."""
+    body = {k: v for k, v in record.items() if k != "record_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

@@ -101,10 +101,23 @@ def is_full_protocol(cfg: dict, n_images: int | None = None) -> bool:
 
 
 def make_folds(labels, n_splits=10, seed=0, groups=None) -> np.ndarray:
-    """Fold number of every image: stratified, shuffled with ``seed``; patient-grouped if ``groups``."""
+    """Fold number of every image: stratified, shuffled with ``seed``; patient-grouped if ``groups``.
+
+    Raises
+    ------
+    ValueError
+        If a class has fewer images than folds (a fold would have none of it).
+    """
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+    from .data import CLASSES
+
     labels = np.asarray(labels)
+    sizes = np.bincount(labels, minlength=len(CLASSES))
+    few = [f"{CLASSES[k]}: {n}" for k, n in enumerate(sizes) if n < n_splits]
+    if few:
+        raise ValueError(f"n_splits must be at most the number of images of each class ({', '.join(few)}), "
+                         f"got {n_splits}; use fewer folds or more images")
     fold = np.full(len(labels), -1)
     if groups is None:
         splits = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(labels, labels)
@@ -521,7 +534,7 @@ def fit_final(dataset, model_path, progress=True, feature_store=None, trainer_st
     from tqdm import tqdm
 
     from .data import sha256_file
-    from .provenance import environment
+    from .provenance import environment, record_sha256
 
     cfg = make_config(**params)
     model_path = Path(model_path)
@@ -545,6 +558,8 @@ def fit_final(dataset, model_path, progress=True, feature_store=None, trainer_st
                           "files_sha256": _files_digest([r["file"] for r in dataset.manifest])},
               "weights": weights_provenance(cfg["weights"]), "environment": environment(),
               "feature_cache": {"used": trainer.fast, "reason": trainer.fast_reason}}
+    record = json.loads(json.dumps(record, default=_jsonable))
+    record["record_sha256"] = record_sha256(record)  # predict checks the record against itself
     _atomic_json(model_path.with_suffix(".json"), record)
     return record
 
