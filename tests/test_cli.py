@@ -96,7 +96,7 @@ def test_pack_refuses_to_overwrite_a_file_it_did_not_write(dataset, tmp_path, ca
 def test_train_refuses_a_learning_rate_that_is_not_finite_and_positive(dataset, tmp_path, capsys, value):
     status, _, err = run(capsys, "train", "--dataset", dataset, "--out", tmp_path / "run", "--backbone",
                          "mobilenet", "--weights", "none", f"--learning-rate={value}")
-    assert_refused(status, err, "learning_rate must be a finite number in (0, 1]")
+    assert_refused(status, err, "--learning-rate must be a finite number in (0, 1]")
     assert not (tmp_path / "run").exists()
 
 
@@ -143,6 +143,67 @@ def test_predict_checks_its_output_first_and_names_it(tmp_path, capsys):
     status, _, err = run(capsys, "predict", "--model", tmp_path / "no.keras", "--input", folder,
                          "--out", blocked / "pred.csv")
     assert_refused(status, err, f"{blocked / 'pred.csv'}: cannot write here")
+
+
+# ---- hostile input, round 2 (issue 28) ----
+
+def test_benchmark_refuses_to_overwrite_a_benchmark_json_it_did_not_write(dataset, tmp_path, capsys):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "benchmark.json").write_text('{"my": "own timings"}')
+    status, _, err = run(capsys, "benchmark", "--dataset", dataset, "--out", bench, "--backbones", "mobilenet",
+                         "--epochs", "1", "--n-splits", "3", "--image-size", "32", "32")
+    assert_refused(status, err, f"{bench / 'benchmark.json'}: exists and is not a record of `xray-transfer "
+                                "benchmark`, so it is left alone")
+    assert (bench / "benchmark.json").read_text() == '{"my": "own timings"}'
+
+
+def test_execute_refuses_to_overwrite_a_file_that_is_not_a_notebook_or_its_input(tmp_path, capsys):
+    nb = _notebook(tmp_path / "chapter.ipynb")
+    before = nb.read_bytes()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("years of notes")
+    status, _, err = run(capsys, "execute", nb, precious)
+    assert_refused(status, err, f"{precious}: the executed notebook must end in .ipynb")
+    (tmp_path / "precious.ipynb").write_text("years of notes")
+    status, _, err = run(capsys, "execute", nb, tmp_path / "precious.ipynb")
+    assert_refused(status, err, "precious.ipynb: exists and is not a notebook, so it is left alone")
+    status, _, err = run(capsys, "execute", nb, nb)
+    assert_refused(status, err, "chapter.ipynb: is the notebook to execute")
+    assert nb.read_bytes() == before and precious.read_text() == "years of notes"
+    assert (tmp_path / "precious.ipynb").read_text() == "years of notes"
+
+
+def test_messages_name_the_flags_of_the_command(cxr_dir, dataset, tmp_path, capsys, monkeypatch):
+    status, _, err = run(capsys, "assemble", "--data", cxr_dir, "--out", tmp_path / "ds")  # 7 COVID-19, not 224
+    assert_refused(status, err, "pass --allow-shortfall to take all 7")
+    monkeypatch.delenv("XRAY_DATA_DIR", raising=False)
+    status, _, err = run(capsys, "assemble", "--out", tmp_path / "ds")
+    assert status == 1 and "No data folder given (pass --data or set XRAY_DATA_DIR)" in err
+    assert "data_dir" not in err and "allow_shortfall" not in err
+
+
+@pytest.mark.parametrize("limit", ["0", "-5", "2"])
+def test_train_names_limit_and_its_range(dataset, tmp_path, capsys, limit):
+    status, _, err = run(capsys, "train", "--dataset", dataset, "--out", tmp_path / "run", "--backbone",
+                         "mobilenet", "--weights", "none", "--limit", limit)
+    assert_refused(status, err, "--limit must be a whole number from 3 to 9", f"got {limit}")
+
+
+def test_train_refuses_more_folds_than_images_of_a_class(dataset, tmp_path, capsys):
+    status, _, err = run(capsys, "train", "--dataset", dataset, "--out", tmp_path / "run", "--backbone",
+                         "mobilenet", "--weights", "none", "--n-splits", "4", "--epochs", "1",
+                         "--image-size", "32", "32")  # 3 normal images cannot fill 4 folds
+    assert_refused(status, err, "--n-splits must be at most the number of images of each class (normal: 3), got 4")
+    assert not list((tmp_path / "run").glob("fold-*.json"))
+
+
+def test_assemble_select_from_reports_its_pixel_check(cxr_dir, dataset, tmp_path, capsys):
+    status, out, err = run(capsys, "assemble", "--data", cxr_dir, "--out", tmp_path / "again",
+                           "--select-from", dataset / "manifest.csv")
+    assert status == 0, err
+    assert f"against {dataset / 'manifest.csv'}: 12 same file, 0 same pixels" in out
+    assert (tmp_path / "again/manifest.csv").read_bytes() == (dataset / "manifest.csv").read_bytes()
 
 
 # ---- papermill: an unknown parameter is an error ----

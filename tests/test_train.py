@@ -98,6 +98,13 @@ def test_folds_are_those_the_pinned_scikit_learn_draws():
         1, 0, 1, 0, 2, 2, 0, 1, 1, 2, 2, 0, 2, 1, 0, 1, 0, 1, 0, 2, 2, 0, 1, 1, 2, 2, 0, 2, 1, 0, 1, 0, 1, 0, 2, 2]
 
 
+def test_make_folds_refuses_a_class_with_fewer_images_than_folds():
+    labels = np.array([0] + [1] * 5 + [2] * 5)  # one COVID-19 image
+    with pytest.raises(ValueError, match=r"n_splits must be at most the number of images of each class "
+                                         r"\(covid: 1\), got 2"):
+        train.make_folds(labels, n_splits=2)
+
+
 def test_make_folds_by_patient_keeps_each_patient_in_one_fold():
     rng = np.random.default_rng(0)
     groups = np.array([f"p{i // 3}" for i in range(len(LABELS))])  # 3 images per patient
