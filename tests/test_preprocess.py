@@ -8,7 +8,7 @@ from xray_transfer.preprocess import (OUTPUT_SIZE, ImageReadError, letterbox, le
 
 W, H = OUTPUT_SIZE
 SHAPES = {"wide": (300, 60), "tall": (60, 300), "square": (120, 120), "landscape_4_3": (400, 300),
-          "extreme_wide": (1000, 10), "extreme_tall": (10, 1000), "near_output_ratio": (267, 200)}
+          "extreme_wide": (1000, 32), "extreme_tall": (32, 1000), "near_output_ratio": (267, 200)}
 
 
 def make_image(mode, size, square=None):

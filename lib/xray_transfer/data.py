@@ -431,7 +431,7 @@ def assemble(data_dir=None, out_dir="data/dataset", size=OUTPUT_SIZE, counts=Non
                         for label in CLASSES for c in cands[label] if not c.path.is_file()]
         else:
             ordered = select(cands, asked, allow_shortfall=allow_shortfall)
-    if bad and on_error == "raise":
+    if bad and on_error == "raise" and listed is None:  # with a selection, a missing image is named instead
         raise DataLayoutError(f"{len(bad)} entries of {root} cannot be used: {'; '.join(bad[:5])}; remove or "
                               "repair them, or pass on_error='skip' to list them and go on")
     skipped += bad + repeats
