@@ -493,7 +493,8 @@ def train_fold(dataset, run: dict, k: int, images=None, feature_store=None, trai
                            "fast_path": trainer.fast},
                 "backend": env["backend"], "device": env["device"],
                 "git": env["git"],  # a resumed run's folds may come from later commits than run.json's
-                "made_by": {"host": env["host"], "scheduler": "none (one process)", **(made_by or {})},
+                "made_by": {"host": env["host"], "process": os.getpid(), "scheduler": "none (one process)",
+                            **(made_by or {})},
                 "run_identity_sha256": identity_sha256}
         _atomic_json(path, fold)
         feature_cache = {"used": trainer.fast, "reason": trainer.fast_reason,
@@ -548,12 +549,14 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, featur
     images = run_images(dataset, cfg)
     bar = tqdm(total=len(todo) * cfg["epochs"], desc=f"{cfg['backbone']} folds {todo[0]}-{todo[-1]}",
                unit="epoch", disable=not progress, file=sys.stdout, mininterval=1.0)
+    made = []
     for k in todo:
         bar.set_description(f"{cfg['backbone']} fold {k + 1}/{cfg['n_splits']}")
-        train_fold(dataset, run, k, images, feature_store, trainer_store, progress=bar,
-                   on_wait=lambda who: print(f"waiting: {who}", file=sys.stderr))
+        if train_fold(dataset, run, k, images, feature_store, trainer_store, progress=bar,
+                      on_wait=lambda who: print(f"waiting for {who}", file=sys.stderr)) is not None:
+            made.append(k)
     bar.close()
-    return json.loads((run["out"] / "run.json").read_text())
+    return {**json.loads((run["out"] / "run.json").read_text()), "made_here": made}
 
 
 @contextlib.contextmanager
