@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -200,8 +201,10 @@ class GridState(WorkerPlugin):
 
     name = "xray-transfer-grid"
 
-    def __init__(self):
-        self.datasets, self.images, self.features, self.trainers = {}, {}, {}, {}
+    def __init__(self, keep=4):
+        self.datasets, self.images = {}, {}
+        # the most recently used frozen outputs and trainers (a trainer holds device memory)
+        self.features, self.trainers = Recent(keep), Recent(keep)
         self.meter = None
 
     def setup(self, worker=None):  # WorkerPlugin's hook
@@ -213,6 +216,24 @@ class GridState(WorkerPlugin):
         if key not in self.datasets:
             self.datasets[key] = load_dataset(path, limit=limit, seed=seed if limit else 0)
         return self.datasets[key]
+
+
+class Recent(OrderedDict):
+    """A dict that keeps only its ``maxlen`` most recently used entries."""
+
+    def __init__(self, maxlen):
+        super().__init__()
+        self.maxlen = maxlen
+
+    def __getitem__(self, key):
+        self.move_to_end(key)
+        return super().__getitem__(key)
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.maxlen:
+            self.popitem(last=False)
 
 
 _LOCAL = GridState()
@@ -282,6 +303,10 @@ def run_task(task: dict) -> dict:
         params = {"weights": task["weights"], **exp.params, **settings}
         dataset = state.dataset(task["dataset"], limit, params.get("seed", 0))
         if exp.kind == "cv":
+            from .safety import check_output_folder
+            out = root / exp.out
+            if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):  # (another worker's
+                check_output_folder(out, "run")  # run.json being made is a hidden file until it is whole)
             run = open_run(dataset, root / exp.out, **params)
             key = (str(root / exp.out), run["identity_sha256"])
             if key not in state.images:
@@ -438,6 +463,9 @@ def fold_committer(root, repo=".", log=print):
         exp = find(entry["experiment"])
         what = f"fold {entry['fold']}" if entry["fold"] is not None else "made"
         path = root / exp.out
+        if Path(repo).resolve() not in path.parents:
+            log(f"{path}: outside the checkout {repo}, not committed")
+            return
         commit_paths(repo, [path.relative_to(Path(repo).resolve())],
                      f"{exp.name}: {what} ({entry.get('device')}, {entry.get('seconds')} s)", log)
     return on_done
