@@ -92,7 +92,8 @@ final-models: $(addprefix final-,$(FINAL_BACKBONES))  ## the models the audit ch
 # Every experiment of the book is one entry of lib/xray_transfer/experiments.py; `xray-transfer
 # experiments run` makes what artifacts/ lacks, fold by fold, on a Dask cluster (finished folds are
 # kept). E is a name or a quoted shell pattern; GRID_ARGS passes more flags, e.g. --workers 2,
-# --scheduler tcp://host:8786 or --commit (commit each fold as it lands: a long CPU run).
+# --scheduler tcp://host:8786, --pages (render each run's training page as it completes) or
+# --commit (commit each fold as it lands: a long CPU run, started from a clean clone).
 E ?=
 GRID_ARGS ?=
 experiments: $(STAMP)  ## what is done, running or missing of every experiment
@@ -102,9 +103,9 @@ experiments-run: $(STAMP)  ## make what artifacts/ lacks (E='audit/*' for some; 
 	$(BIN)/xray-transfer experiments run --dataset $(DATASET) $(E) $(GRID_ARGS)
 
 audit-runs: $(STAMP)  ## all the audit's cross-validation runs (hours on a CPU)
-	$(BIN)/xray-transfer experiments run --dataset $(DATASET) 'audit/*' $(GRID_ARGS)
+	$(BIN)/xray-transfer experiments run --pages --dataset $(DATASET) 'audit/*' $(GRID_ARGS)
 audit-run-%: $(STAMP)  ## e.g. make audit-run-grouped-vgg19: one audit run
-	$(BIN)/xray-transfer experiments run --dataset $(DATASET) audit/$* $(GRID_ARGS)
+	$(BIN)/xray-transfer experiments run --pages --dataset $(DATASET) audit/$* $(GRID_ARGS)
 
 # The smoke grid: every experiment with tiny settings (60 images, 2 folds, 1 epoch) into _build/smoke-grid
 grid-smoke: $(STAMP)  ## check the runner end to end in minutes (E= and GRID_ARGS= as above)

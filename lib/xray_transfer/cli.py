@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "to check a grid; use another --out")
     er.add_argument("--commit", action="store_true", help="commit each fold, model and benchmark into this git "
                     "checkout as it lands (a long CPU run)")
+    er.add_argument("--pages", action="store_true", help="render the training page of each run as it completes "
+                    "(and, after a paper run, Tables 1-3 and README's block)")
     er.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     x = add("execute", help="execute a chapter with papermill, refusing parameters the chapter does not have")
@@ -255,7 +257,8 @@ def experiments(args) -> int:
     print(f"to make, in priority order: {', '.join(e.name for e in todo)}")
     client, kind = grid.connect(args.scheduler, args.workers)
     try:
-        on_done = grid.fold_committer(args.out) if args.commit else None
+        on_done = (grid.after_each_task(args.out, args.dataset, commit=args.commit, pages=args.pages)
+                   if args.commit or args.pages else None)
         entries = grid.run_grid(todo, args.dataset, args.out, client, settings=grid.SMOKE if args.smoke else None,
                                 weights=args.weights, models=args.models, scheduler=kind, on_done=on_done,
                                 progress=not args.no_progress)

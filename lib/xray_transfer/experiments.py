@@ -19,6 +19,7 @@ another worker, and a runner started again skips every fold already written.
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import json
 import os
 import platform
@@ -360,8 +361,10 @@ def local_cluster(workers: int | None = None, dashboard_address=":8787"):
             share = -(-n // gpus)  # workers on this one's GPU
             env = {"CUDA_VISIBLE_DEVICES": str(i % gpus), "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
                    "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.9 / share:.3f}"}
-        specs[f"worker-{i}"] = {"cls": Nanny, "options": {"nthreads": 1, "env": env}}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard_address}}
+        specs[f"worker-{i}"] = {"cls": Nanny, "options": {"nthreads": 1, "env": env, "host": "127.0.0.1"}}
+    if importlib.util.find_spec("bokeh") is None:  # Dask's dashboard needs bokeh
+        dashboard_address = None
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard_address, "host": "127.0.0.1"}}
     return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=40, name="xray-transfer")
 
 
@@ -453,21 +456,55 @@ def commit_paths(repo, paths, message, log=print) -> None:
     log(f"could not commit {' '.join(map(str, paths))}")
 
 
-def fold_committer(root, repo=".", log=print):
-    """An ``on_done`` for :func:`run_grid` that commits each finished fold, model or benchmark as it lands."""
-    root = Path(root).resolve()
+def render_page(exp: Experiment, root, dataset) -> Path:
+    """Execute the training chapter for the finished run ``exp`` into its folder (``training.ipynb``).
+
+    The chapter trains nothing here (``run_folds=False``): it reads the folds the grid made.
+    """
+    import jupytext
+
+    from .chapter import execute
+    repo = Path(__file__).resolve().parents[2]
+    nb = repo / "_build" / "papermill" / f"training-{os.getpid()}.ipynb"
+    nb.parent.mkdir(parents=True, exist_ok=True)
+    jupytext.write(jupytext.read(repo / "notebooks" / "training.md"), nb)
+    out = Path(root).resolve() / exp.out
+    params = [("output_dir", str(out)), ("dataset_dir", str(Path(dataset).resolve())), ("run_folds", "False"),
+              *((k, str(v)) for k, v in exp.params.items())]
+    execute(nb, out / ".training.tmp.ipynb", parameters=params, cwd=repo / "notebooks")
+    os.replace(out / ".training.tmp.ipynb", out / "training.ipynb")
+    return out / "training.ipynb"
+
+
+def after_each_task(root, dataset, repo=".", commit=False, pages=False, log=print):
+    """An ``on_done`` for :func:`run_grid`: as each task lands, render the training page of a run it
+    completed (``pages``; and Tables 1-3, README's block and figure after a paper run), and commit
+    what it wrote (``commit``: each fold, model and benchmark; only those paths)."""
+    root, repo = Path(root).resolve(), Path(repo).resolve()
 
     def on_done(entry):
         if entry.get("status", "").startswith("failed") or entry.get("status") == "made by another process":
             return
         exp = find(entry["experiment"])
+        paths = [root / exp.out]
         what = f"fold {entry['fold']}" if entry["fold"] is not None else "made"
-        path = root / exp.out
-        if Path(repo).resolve() not in path.parents:
-            log(f"{path}: outside the checkout {repo}, not committed")
-            return
-        commit_paths(repo, [path.relative_to(Path(repo).resolve())],
-                     f"{exp.name}: {what} ({entry.get('device')}, {entry.get('seconds')} s)", log)
+        if pages and exp.kind == "cv" and status(exp, root)["state"] == "done":
+            try:
+                render_page(exp, root, dataset)
+                what += ", run complete, page rendered"
+                if exp.name.startswith("paper/") and root == repo / "artifacts":
+                    for flag in (["--write"], ["--glance", "book/images/at_a_glance.png"]):
+                        subprocess.run([sys.executable, "-m", "xray_transfer.results", *flag], cwd=repo, check=True,
+                                       capture_output=True)
+                    paths += [repo / "results", repo / "README.md", repo / "book" / "images" / "at_a_glance.png"]
+            except Exception as err:  # noqa: BLE001 -- the folds stay; the page can be rendered later
+                log(f"{exp.name}: page not rendered ({type(err).__name__}: {err})")
+        if commit:
+            if repo not in root.parents:
+                log(f"{root}: outside the checkout {repo}, not committed")
+                return
+            commit_paths(repo, [p.relative_to(repo) for p in paths],
+                         f"{exp.name}: {what} ({entry.get('device')}, {entry.get('seconds')} s)", log)
     return on_done
 
 
@@ -486,7 +523,9 @@ def connect(scheduler: str | None, workers: int | None, log=print):
         return client, f"dask scheduler {scheduler}"
     cluster = local_cluster(workers)
     client = Client(cluster)
-    log(f"Dask LocalCluster: {len(cluster.workers)} worker(s); dashboard {client.dashboard_link}")
+    dashboard = (f"dashboard {client.dashboard_link}" if importlib.util.find_spec("bokeh")
+                 else "no dashboard (`pip install bokeh` for Dask's)")
+    log(f"Dask LocalCluster: {len(cluster.workers)} worker(s) on {cluster.scheduler_address}; {dashboard}")
     return client, f"dask local cluster ({len(cluster.workers)} workers)"
 
 
