@@ -222,7 +222,7 @@ class GridState(WorkerPlugin):
 class Recent(OrderedDict):
     """A dict that keeps only its ``maxlen`` most recently used entries."""
 
-    def __init__(self, maxlen):
+    def __init__(self, maxlen=4):
         super().__init__()
         self.maxlen = maxlen
 
