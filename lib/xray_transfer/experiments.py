@@ -425,8 +425,8 @@ def run_grid(experiments, dataset, root="artifacts", client=None, settings=None,
         for exp, task, where in phase:
             key = f"{exp.name} fold {task['fold']}" if task["fold"] is not None else exp.name
             names[key] = (exp.name, task["fold"])
-            fut = client.submit(run_task, task, key=key, priority=exp.priority, pure=False,
-                                workers=[where] if where and len(addresses) > 1 else None, allow_other_workers=True)
+            prefer = {"workers": [where], "allow_other_workers": True} if where and len(addresses) > 1 else {}
+            fut = client.submit(run_task, task, key=key, priority=exp.priority, pure=False, **prefer)
             fut.add_done_callback(landed)
             futures.append(fut)
         if not futures:
