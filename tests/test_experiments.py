@@ -142,7 +142,8 @@ def test_resume_after_the_runner_is_stopped(pack_path, tmp_path):
     assert sorted(folds_of(run_dir)) == [0, 1]
     assert "to make, in priority order: paper/vgg19" in stdout
     log = [json.loads(line) for line in (out / "grid-log.jsonl").read_text().splitlines()]
-    assert [(e["fold"], e["status"]) for e in log] == [(0, "made"), (1, "made")]  # each fold made once
+    made = [e["fold"] for e in log if e["status"] == "made"]
+    assert made.count(1) == 1 and made.count(0) <= 1  # fold 0's line lands only if the kill came after it
     assert "[1/1] paper/vgg19 fold 1: made" in stdout  # the second runner made fold 1 only
 
 
