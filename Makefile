@@ -12,7 +12,7 @@ BACKBONES := vgg19 mobilenet inception_v3 xception inception_resnet_v2
 # Extra papermill arguments, e.g. ARGS="-p n_splits 2 -p epochs 1"
 ARGS ?=
 
-.PHONY: help setup book test dataset pack run train-all results benchmark clean final-models audit gpu-wheels gpu-stage gpu-smoke gpu-adopt
+.PHONY: help setup book test dataset pack run train-all results benchmark clean final-models audit gpu-wheels gpu-stage gpu-smoke gpu-adopt experiments experiments-run audit-runs grid-smoke
 
 help:  ## list the targets
 	@grep -E '^[a-z%-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -89,27 +89,39 @@ final-%: $(STAMP)  ## e.g. make final-mobilenet: train on all images, save data/
 
 final-models: $(addprefix final-,$(FINAL_BACKBONES))  ## the models the audit chapter uses
 
-# The audit's cross-validation runs (scripts/cpu_queue.sh names them; finished folds are kept):
-# BatchNorm modes beside Table 2's keras2 default, patient-grouped folds, lungs hidden in frame.
-AUDIT_JOBS := bn-batch_statistics-mobilenet bn-batch_statistics-inception_v3 bn-inference-mobilenet \
-	bn-inference-inception_v3 grouped-mobilenet grouped-vgg19 lungs-hidden-in-frame-mobilenet lungs-hidden-in-frame-vgg19
-audit-runs: $(STAMP)  ## all the audit's cross-validation runs (hours on a CPU)
-	scripts/cpu_queue.sh $(addprefix audit/,$(AUDIT_JOBS))
-audit-run-%: $(STAMP)  ## e.g. make audit-run-grouped-vgg19: one audit run
-	scripts/cpu_queue.sh audit/$*
+# Every experiment of the book is one entry of lib/xray_transfer/experiments.py; `xray-transfer
+# experiments run` makes what artifacts/ lacks, fold by fold, on a Dask cluster (finished folds are
+# kept). E is a name or a quoted shell pattern; GRID_ARGS passes more flags, e.g. --workers 2,
+# --scheduler tcp://host:8786, --pages (render each run's training page as it completes) or
+# --commit (commit each fold as it lands: a long CPU run, started from a clean clone).
+E ?=
+GRID_ARGS ?=
+experiments: $(STAMP)  ## what is done, running or missing of every experiment
+	$(BIN)/xray-transfer experiments list
 
-cpu-queue: $(STAMP)  ## every experiment of the book on the CPU, in priority order (resumes; many hours)
-	scripts/cpu_queue.sh
+experiments-run: $(STAMP)  ## make what artifacts/ lacks (E='audit/*' for some; GRID_ARGS=--commit); resumes
+	$(BIN)/xray-transfer experiments run --dataset $(DATASET) $(E) $(GRID_ARGS)
+
+audit-runs: $(STAMP)  ## all the audit's cross-validation runs (hours on a CPU)
+	$(BIN)/xray-transfer experiments run --pages --dataset $(DATASET) 'audit/*' $(GRID_ARGS)
+audit-run-%: $(STAMP)  ## e.g. make audit-run-grouped-vgg19: one audit run
+	$(BIN)/xray-transfer experiments run --pages --dataset $(DATASET) audit/$* $(GRID_ARGS)
+
+# The smoke grid: every experiment with tiny settings (60 images, 2 folds, 1 epoch) into _build/smoke-grid
+grid-smoke: $(STAMP)  ## check the runner end to end in minutes (E= and GRID_ARGS= as above)
+	rm -rf _build/smoke-grid
+	$(BIN)/xray-transfer experiments run --smoke --dataset $(DATASET) --out _build/smoke-grid $(E) $(GRID_ARGS)
 
 audit: $(STAMP)  ## execute the audit chapter (needs the data; lists the audit runs and final models not made yet)
 	$(MAKE) run CH=audit OUT=artifacts/audit
 
 # ---- a GPU lease (see scripts/gpu_run.sh and book/how_to_reproduce.md, "On a GPU")
-# Keras for the GPU machine's Python 3.12 (it has JAX, h5py, rich, absl but no Keras).
-gpu-wheels: $(STAMP)  ## download the Keras wheels the GPU machine lacks into .whl/
+# Keras and Dask for the GPU machine's Python 3.12 (it has JAX, h5py, rich, absl but no Keras), at our pins.
+gpu-wheels: $(STAMP)  ## download the Keras and Dask wheels the GPU machine lacks into .whl/
 	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-		-d .whl keras==3.15.1 namex==0.1.0 optree==0.20.0
+		-d .whl keras==3.15.1 namex==0.1.0 optree==0.20.0 $$($(BIN)/pip freeze | grep -i -E \
+		'^(dask|distributed|cloudpickle|toolz|partd|locket|fsspec|msgpack|psutil|sortedcontainers|tblib|zict|tornado|pyyaml|click|jinja2|markupsafe|packaging|importlib.metadata|zipp)==')
 
 gpu-stage: pack gpu-wheels  ## put what a GPU call carries into .gpu/ and .whl/ (git-ignored)
 	mkdir -p .gpu && cp data/dataset.npz .gpu/dataset.npz && git rev-parse HEAD > .gpu/commit

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Every experiment of the book on a GPU machine without TensorFlow (Keras 3 on JAX), in the
-# priority order of scripts/cpu_queue.sh: the paper runs, the audit runs (BatchNorm comparison
-# first), the final models, then the benchmark (lib/xray_transfer/gpu_plan.py holds the list).
-# One Python process runs every job: the dataset is read once, each model is built and compiled
-# once and reused by every run of it, the frozen outputs of the fast path are computed once per
-# backbone and shared, and JAX's persistent compilation cache
-# (.gpu/jax-cache, kept on the warm machine) lets a later call reuse what an earlier compiled.
+# Every experiment the committed artifacts/ lack, on a GPU machine without TensorFlow (Keras 3 on
+# JAX), with the one runner: `xray-transfer experiments run` (lib/xray_transfer/experiments.py holds
+# the grid). It starts a Dask LocalCluster of several workers per GPU, each with its share of the
+# GPU's memory; every fold is one task, in priority order; a worker keeps the dataset, the frozen
+# outputs and the compiled models for the next task that shares them, and JAX's persistent
+# compilation cache (.gpu/jax-cache, kept on the warm machine) spares a later call what an earlier
+# one compiled. The benchmark runs last, in a call of its own with one worker and without the cache,
+# so that plain fit holds the device alone and compiles as anyone's would.
 #
 # What travels (git-ignored, named in `carry`; `make gpu-stage` prepares it here):
-#   .whl/                     keras, namex, optree wheels (3 MB; the machine has jax, h5py, rich...)
+#   .whl/                     keras, namex, optree, dask, distributed and their pure-Python
+#                             dependencies (the machine has jax, h5py, rich...)
 #   .gpu/dataset.npz          the dataset pack (`make pack`, 33 MiB)
 #   .gpu/commit               the commit the tree is at (runs record it)
 #   .gpu/<weights>.weights.h5 and .gpu/<weights>.json: an offline ImageNet weights file
@@ -18,23 +20,24 @@
 # is several calls of this script, each carrying one more weights file:
 #   1: .whl .gpu/dataset.npz .gpu/commit + MobileNet's file and card
 #   2: VGG19's file and card;  3: Inception v3's;  4: Xception's;  5, 6, ...: nothing
-# With no job named, a call runs what the committed artifacts/ lack (`python -m xray_transfer.gpu_plan
-# todo`) but the final models, whose .keras files cannot come back: name final/<backbone> to make one.
-# A job whose weights file is not there is skipped with a note; every run resumes from its folds, and
-# a finished benchmark is not run again. A new lease (a bare machine) starts again from call 1, and
-# goes on where the last stopped if call 1 also carries .gpu/out (here: `tar xzf gpu-out.tgz -C .gpu`).
+# With no experiment named, a call makes what the committed artifacts/ lack and this machine can make
+# (`xray-transfer experiments list --todo`) but the final models, whose .keras files cannot come
+# back: name final/<backbone> to make one. An experiment whose weights file is not there is left out
+# with a note; every run resumes from its folds. A new lease (a bare machine) starts again from call 1,
+# and goes on where the last stopped if call 1 also carries .gpu/out (here: `tar xzf gpu-out.tgz -C .gpu`).
 # book/how_to_reproduce.md ("Every experiment in one GPU lease") gives the exact calls.
 #
-# Output: .gpu/out/{runs,audit,models,benchmark}, laid out as artifacts/, and plan-log.jsonl
-# (seconds per job, device, backend, compilations), and gpu-log.txt (this script's log, every call of
-# the lease: each ends with its total command time). Every 10 s, and at the end, $OUT/gpu-out.tgz holds them all
-# (the .keras models stay behind: too large to come back), so what finished comes back even if the
-# time limit strikes; $OUT/gpu-log.txt is this script's log; $OUT/jax-cache.tgz
-# is JAX's compilation cache, where it packs into 16 MiB, for a later lease to carry (.gpu/jax-cache). Here:
+# Output: .gpu/out/{runs,audit,models,benchmark}, laid out as artifacts/, grid-log.jsonl (a line per
+# task: seconds, worker, device, backend, compilations) and gpu-log.txt (this script's log, every call
+# of the lease: each ends with its total command time). Every 10 s, and at the end, $OUT/gpu-out.tgz
+# holds them all (the .keras models stay behind: too large to come back), so what finished comes back
+# even if the time limit strikes; $OUT/gpu-log.txt is this script's log; $OUT/jax-cache.tgz is JAX's
+# compilation cache, where it packs into 16 MiB, for a later lease to carry (.gpu/jax-cache). Here:
 #   make gpu-adopt TGZ=<files_at>/gpu-out.tgz    (it also unpacks the jax-cache.tgz beside it into .gpu/)
 #
 #   SMOKE=1 scripts/gpu_run.sh        tiny settings, to check the script (runs on a CPU too)
-#   scripts/gpu_run.sh JOB ...        only these jobs (python -m xray_transfer.gpu_plan jobs lists them all)
+#   scripts/gpu_run.sh NAME ...       only these experiments (`xray-transfer experiments list` names them)
+#   WORKERS=4 scripts/gpu_run.sh      workers in all (default: 4 per GPU, 1 on a CPU)
 # DATASET (default .gpu/dataset.npz), GPU_DIR (default .gpu) and PYTHON (default python3) can be set.
 set -u -o pipefail
 cd "$(dirname "$0")/.."  # the repository root: lib/ is imported from there
@@ -53,9 +56,10 @@ export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$GPU_DIR/jax-cache
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-0.5}
 export TF_CPP_MIN_LOG_LEVEL=2
 R=$GPU_DIR/out; mkdir -p "$R"
-JOBS=("$@"); [ ${#JOBS[@]} -eq 0 ] && mapfile -t JOBS < <("$PYTHON" -m xray_transfer.gpu_plan todo | grep -v '^final/')
+XT=("$PYTHON" -m xray_transfer.cli)
+NAMES=("$@"); [ ${#NAMES[@]} -eq 0 ] && mapfile -t NAMES < <("${XT[@]}" experiments list --todo | grep -v '^final/')
 TRAIN=(); BENCH=()
-for j in "${JOBS[@]}"; do if [ "$j" = bench/all ]; then BENCH=(bench/all); else TRAIN+=("$j"); fi; done
+for n in "${NAMES[@]}"; do case $n in benchmark/*) BENCH+=("$n") ;; *) TRAIN+=("$n") ;; esac; done
 SMOKE_ARG=""; [ "${SMOKE:-0}" = 1 ] && SMOKE_ARG="--smoke"
 pack() { tar czf "$OUT/.gpu-out.tgz" --exclude=keras -C "$GPU_DIR" out 2>/dev/null && mv "$OUT/.gpu-out.tgz" "$OUT/gpu-out.tgz"; }
 (while sleep 10; do pack; done) &
@@ -66,16 +70,16 @@ t0=$SECONDS
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
   "$PYTHON" -c "import keras, jax; print('keras', keras.__version__, 'jax', jax.__version__, jax.devices())"
   ls "$GPU_DIR"
-  plan() {  # plan [nocache] JOB...: one process of the plan; nocache leaves JAX's compilation cache out
+  grid() {  # grid [nocache] ARGS...: one `experiments run`; nocache leaves JAX's compilation cache out
     local nocache=""; [ "$1" = nocache ] && { nocache=1; shift; }
     ${nocache:+env -u JAX_COMPILATION_CACHE_DIR -u JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS} \
-      "$PYTHON" -m xray_transfer.gpu_plan run --dataset "${DATASET:-$GPU_DIR/dataset.npz}" --out "$R" $SMOKE_ARG "$@" 2>&1 \
+      "${XT[@]}" experiments run --dataset "${DATASET:-$GPU_DIR/dataset.npz}" --out "$R" --models "$GPU_DIR/keras" \
+      $SMOKE_ARG --no-progress "$@" 2>&1 \
       | { grep --line-buffered -v -E "^(I0000|W0000|WARNING: All log)|cuda_timer" || true; }  # rc: Python's
   }
   rc=0
-  [ ${#TRAIN[@]} -gt 0 ] && { plan "${TRAIN[@]}" || rc=$?; }
-  # the benchmark in a process of its own without the cache, so that plain fit compiles as anyone's would
-  [ ${#BENCH[@]} -gt 0 ] && { plan nocache bench/all || rc=$?; }
+  [ ${#TRAIN[@]} -gt 0 ] && { grid ${WORKERS:+--workers $WORKERS} "${TRAIN[@]}" || rc=$?; }
+  [ ${#BENCH[@]} -gt 0 ] && { grid nocache --workers 1 "${BENCH[@]}" || rc=$?; }
   echo "total command time: $((SECONDS - t0)) s (rc $rc)"
   # JAX's compilation cache, for the next lease's bare machine, where it fits the way back (16 MiB a file)
   if [ -d "$GPU_DIR/jax-cache" ]; then

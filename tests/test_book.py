@@ -398,7 +398,7 @@ def test_training_pages_rendered_from_the_current_chapter():
     tables, hidden parameters): each was executed from its current code."""
     stale = stale_training_pages()
     assert not stale, ("executed from an older notebooks/training.md; re-render them (run_folds False), e.g. "
-                       "REPORT=1 scripts/cpu_queue.sh paper/<backbone>: " + ", ".join(stale))
+                       "make train-<backbone> ARGS='-p run_folds False': " + ", ".join(stale))
 
 
 def test_every_page_reads_well_in_a_browser(book, chromium, tmp_path):

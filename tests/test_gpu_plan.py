@@ -1,4 +1,4 @@
-"""Tests of the GPU plan: scripts/cpu_queue.sh runs its jobs with their flags, and scripts/gpu_run.sh runs end to end
+"""Tests of a GPU lease: scripts/gpu_run.sh runs end to end
 with smoke settings on the CPU, writing records that name the device and backend, skipping jobs
 whose weights are not there, and packing what comes back."""
 import json
@@ -10,104 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from xray_transfer import benchmark, gpu_plan, train
+from xray_transfer import benchmark, experiments, gpu_plan, train
 from xray_transfer.data import assemble, pack
 from xray_transfer.models import TABLE1
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cpu_queue(tmp_path, *jobs):
-    """scripts/cpu_queue.sh with a stand-in `xray-transfer` that notes its arguments and fails at once."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "python").write_text(f'#!/usr/bin/env bash\nexec {sys.executable} "$@"\n')
-    (bin_dir / "python").chmod(0o755)
-    log = tmp_path / "calls.txt"
-    fake = bin_dir / "xray-transfer"
-    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\nexit 1\n')
-    fake.chmod(0o755)
-    env = dict(os.environ, BIN=str(bin_dir), REPO=str(tmp_path / "repo"), DATASET="D", COMMIT="0")
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "cpu_queue.sh"), *jobs], env=env, capture_output=True,
-                          text=True, timeout=120, stdin=subprocess.DEVNULL)
-    calls = log.read_text().splitlines() if log.is_file() else []
-    return proc, [c.replace(str(tmp_path / "repo"), "REPO") for c in calls]
-
-
-def test_cpu_queue_runs_the_plans_jobs_in_order_with_their_flags(tmp_path):
-    proc, calls = _cpu_queue(tmp_path)
-    assert len(calls) == len(gpu_plan.JOBS) - 1  # every job but the benchmark, each failing here
-    assert calls[0] == "train --dataset D --out REPO/artifacts/runs/vgg19 --backbone vgg19"
-    assert calls[5] == ("train --dataset D --out REPO/artifacts/audit/bn-batch_statistics-inception_v3 "
-                        "--backbone inception_v3 --batchnorm batch_statistics")
-    assert "train --dataset D --out REPO/artifacts/audit/grouped-vgg19 --backbone vgg19 --group-by-patient" in calls
-    assert ("train --dataset D --out REPO/artifacts/audit/lungs-hidden-in-frame-mobilenet --backbone mobilenet "
-            "--image-mask lungs_hidden_in_frame") in calls
-    assert calls[-1] == "final --dataset D --backbone inception_resnet_v2 --out REPO/data/models/inception_resnet_v2.keras"
-    outs = [c.split("--out ")[1].split()[0] for c in calls]
-    assert [o.split("/")[-1].removesuffix(".keras") for o in outs] == [j.split("/")[1] for j in gpu_plan.JOBS[:-1]]
-    assert proc.stderr.count("!! ") == len(calls)  # a failed job is named and the queue goes on
-
-
-def test_cpu_queue_refuses_an_unknown_job_before_any_work(tmp_path):
-    proc, calls = _cpu_queue(tmp_path, "paper/vgg19", "paper/resnet50")
-    assert proc.returncode == 2 and calls == []
-    assert "unknown job 'paper/resnet50'" in proc.stderr
-
-
-def test_cpu_queue_commits_a_final_model_with_the_audit_chapter_executed_again(tmp_path):
-    """With COMMIT=1 a finished job lands in one commit with the audit page that read it (stand-ins
-    for `xray-transfer final/execute` and jupytext)."""
-    bin_dir, repo, dataset = tmp_path / "bin", tmp_path / "repo", tmp_path / "D"
-    for d in (bin_dir, repo, dataset):
-        d.mkdir()
-    (dataset / "manifest.csv").write_text("file,label\n")
-    stand_ins = {
-        "python": f'exec {sys.executable} "$@"',
-        "jupytext": 'while [ $# -gt 0 ]; do [ "$1" = -o ] && echo {} > "$2"; shift; done',
-        "xray-transfer": ('case $1 in\n'
-                          '  final) out=${@: -1}; echo \'{"dataset": {"manifest_sha256": "x"}}\' > "${out%.keras}.json" ;;\n'
-                          '  execute) echo {} > "$5"; echo {} > "$(dirname "$5")/audit-inputs.json" ;;\n'
-                          '  *) exit 1 ;;\n'
-                          'esac'),
-    }
-    for name, body in stand_ins.items():
-        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "start"], check=True)
-    env = dict(os.environ, BIN=str(bin_dir), REPO=str(repo), DATASET=str(dataset), COMMIT="1",
-               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "cpu_queue.sh"), "final/vgg19"], env=env,
-                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stderr
-    log = subprocess.run([*git, "log", "-1", "--name-only", "--format=%s"], capture_output=True, text=True).stdout
-    assert log.splitlines()[0] == "final model vgg19 (CPU): record, audit chapter"
-    assert {"artifacts/models/vgg19.json", "artifacts/audit/audit.ipynb", "artifacts/audit/audit-inputs.json"} \
-        <= set(log.splitlines()[1:])
-
-
-@pytest.mark.parametrize("job, spec", [
-    ("paper/vgg19", {"kind": "cv", "out": "runs/vgg19", "params": {"backbone": "vgg19"}}),
-    ("audit/bn-inference-inception_v3", {"kind": "cv", "out": "audit/bn-inference-inception_v3",
-                                         "params": {"backbone": "inception_v3", "batchnorm": "inference"}}),
-    ("audit/bn-batch_statistics-mobilenet", {"kind": "cv", "out": "audit/bn-batch_statistics-mobilenet",
-                                             "params": {"backbone": "mobilenet", "batchnorm": "batch_statistics"}}),
-    ("audit/lungs-hidden-in-frame-mobilenet", {"kind": "cv", "out": "audit/lungs-hidden-in-frame-mobilenet",
-                                               "params": {"backbone": "mobilenet", "image_mask": "lungs_hidden_in_frame"}}),
-    ("final/xception", {"kind": "final", "out": "models/xception.json", "params": {"backbone": "xception"}}),
-])
-def test_job_spec(job, spec):
-    assert gpu_plan.job_spec(job) == spec
-
-
-def test_unknown_job_is_refused_by_name():
-    with pytest.raises(ValueError, match="unknown job 'paper/resnet50'"):
-        gpu_plan.job_spec("paper/resnet50")
-
-
-def test_todo_lists_what_artifacts_lack_in_priority_order(tmp_path):
+def test_status_says_what_artifacts_lack(tmp_path):
+    """`experiments list` (and gpu_run.sh's default): what artifacts/ lacks, in priority order."""
     art = tmp_path / "artifacts"
 
     def write(path, record):
@@ -131,19 +42,26 @@ def test_todo_lists_what_artifacts_lack_in_priority_order(tmp_path):
     write(art / "models" / "mobilenet.json", {"dataset": {"manifest_sha256": "old"}})
     row = {"plain": {}, "fast": {}}
     write(art / "benchmark" / "gpu" / "benchmark.json", {"manifest_sha256": "m", "backbones": {"vgg19": row}})
-    left = gpu_plan.todo(tmp_path)
-    assert left == [j for j in gpu_plan.JOBS if j not in ("paper/vgg19", "final/vgg19")]  # order kept
-    assert "paper/mobilenet" in left and "paper/xception" in left  # unfinished; made on another dataset
-    assert "audit/grouped-vgg19" in left  # every fold, but on folds this scikit-learn does not draw
+    manifest = experiments.manifest_of(art)
+
+    def left():
+        return [e.name for e in experiments.REGISTRY if experiments.status(e, art, manifest)["state"] != "done"]
+
+    assert left()[:4] == ["paper/mobilenet", "paper/inception_v3", "paper/xception", "paper/inception_resnet_v2"]
+    assert "final/vgg19" not in left() and "final/mobilenet" in left()  # made on another dataset
+    assert experiments.status(experiments.find("paper/mobilenet"), art, manifest) == {"state": "partial", "done": 1, "of": 2}
+    assert "paper/xception" in left()  # every fold, but made on another dataset
+    assert "audit/grouped-vgg19" in left()  # every fold, but on folds this scikit-learn does not draw
+    assert "benchmark/gpu" in left()
     write(art / "benchmark" / "gpu" / "benchmark.json",
           {"manifest_sha256": "m", "backbones": {b.key: row for b in TABLE1}})
-    assert "bench/all" not in gpu_plan.todo(tmp_path)  # a row for every network: done
+    assert "benchmark/gpu" not in left()  # a row for every network: done
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """scripts/gpu_run.sh with SMOKE=1 on 18 synthetic X-rays: VGG19's run, MobileNet's (no weights file
-    here: skipped), VGG19's final model (sharing the run's frozen outputs) and the benchmark."""
+    here: left out), VGG19's final model (sharing the run's frozen outputs) and the benchmark."""
     import keras
 
     from xray_transfer.data import synthetic_collections
@@ -165,7 +83,7 @@ def smoke_run(tmp_path_factory):
     for name in ("XRAY_WEIGHTS_DIR", "DATASET"):  # the script would take these over the smoke files
         env.pop(name, None)
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_run.sh"), "paper/vgg19", "paper/mobilenet",
-                           "final/vgg19", "bench/all"], env=env, capture_output=True, text=True, timeout=900)
+                           "final/vgg19", "benchmark/cpu"], env=env, capture_output=True, text=True, timeout=900)
     return proc, tmp
 
 
@@ -173,12 +91,13 @@ def test_gpu_script_runs_end_to_end_with_smoke_settings(smoke_run):
     proc, tmp = smoke_run
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp / "gpu" / "out"
-    log = [json.loads(line) for line in (out / "plan-log.jsonl").read_text().splitlines()]
-    assert [e["job"] for e in log] == ["paper/vgg19", "paper/mobilenet", "final/vgg19", "bench/all"]
-    assert log[1]["status"].startswith("skipped: weights file not on this machine")
-    assert "mobilenet_1_0_224_imagenet_notop" in log[1]["detail"]
-    assert all(e["device"] and e["backend"] for e in log)
-    assert "total command time:" in (tmp / "out" / "gpu-log.txt").read_text()
+    log = [json.loads(line) for line in (out / "grid-log.jsonl").read_text().splitlines()]
+    assert [(e["experiment"], e["fold"]) for e in log] == [("paper/vgg19", 0), ("paper/vgg19", 1), ("final/vgg19", None),
+                                                           ("benchmark/cpu", None)]  # priority order, benchmark last
+    text = (tmp / "out" / "gpu-log.txt").read_text()
+    assert "left out paper/mobilenet" in text and "mobilenet_1_0_224_imagenet_notop" in text
+    assert all(e["device"] and e["backend"] and e["worker"] for e in log)
+    assert "total command time:" in text
     assert "total command time:" in (out / "gpu-log.txt").read_text()  # kept on the machine, and packed
     # the cross-validation: every fold file says which device and backend made it
     run = json.loads((out / "runs" / "vgg19" / "run.json").read_text())
@@ -188,6 +107,7 @@ def test_gpu_script_runs_end_to_end_with_smoke_settings(smoke_run):
     for f in sorted((out / "runs" / "vgg19").glob("fold-*.json")):
         fold = json.loads(f.read_text())
         assert fold["backend"] == log[0]["backend"] and fold["device"] == log[0]["device"]
+        assert fold["made_by"]["scheduler"].startswith("dask local cluster")
     # the final model's record, and the benchmark in the schema of every device
     final = json.loads((out / "models" / "vgg19.json").read_text())
     assert final["params"]["backbone"] == "vgg19" and final["weights"]["sha256"] == run["weights"]["sha256"]
@@ -203,7 +123,7 @@ def test_gpu_script_packs_everything_but_the_models_for_the_way_back(smoke_run):
     with tarfile.open(tmp / "out" / "gpu-out.tgz") as tar:
         names = set(tar.getnames())
     assert {"out/runs/vgg19/fold-01.json", "out/models/vgg19.json", "out/benchmark/benchmark.json",
-            "out/plan-log.jsonl"} <= names
+            "out/grid-log.jsonl"} <= names
     assert not any(n.endswith(".keras") for n in names)
 
 
@@ -226,16 +146,6 @@ def test_a_compilation_cache_too_large_for_the_way_back_is_named_and_left_on_the
     assert "compilation cache: 1 entries" in proc.stdout and "(too large to come back)" in proc.stdout
     assert not (tmp_path / "out" / "jax-cache.tgz").exists()  # a file over 16 MiB would not come back
     assert (work / "jax-cache" / "a-large-entry").exists()  # the warm machine keeps it for the next call
-
-
-def test_a_second_call_resumes_from_the_finished_folds(smoke_run, monkeypatch):
-    proc, tmp = smoke_run
-    out = tmp / "gpu" / "out"
-    monkeypatch.setenv("XRAY_WEIGHTS_DIR", str(tmp / "gpu"))
-    mtime = (out / "runs" / "vgg19" / "fold-00.json").stat().st_mtime_ns
-    done = gpu_plan.run_plan(tmp / "gpu" / "dataset.npz", out, ["paper/vgg19"], smoke=True, log=lambda *_: None)
-    assert done[0]["status"] == "folds done [0, 1]"
-    assert (out / "runs" / "vgg19" / "fold-00.json").stat().st_mtime_ns == mtime  # not trained again
 
 
 def test_adopt_takes_only_finished_runs_and_never_replaces_one(smoke_run, tmp_path):
@@ -296,7 +206,7 @@ def test_adopt_keeps_each_lease_s_logs_in_a_folder_of_its_own(tmp_path):
     for start in ("2026-11-27T22:41:14Z", "2026-11-28T04:58:46Z"):
         src = tmp_path / start / "out"
         src.mkdir(parents=True)
-        (src / "plan-log.jsonl").write_text(json.dumps({"job": "paper/vgg19", "smoke": False}) + "\n")
+        (src / "grid-log.jsonl").write_text(json.dumps({"experiment": "paper/vgg19", "settings": {}}) + "\n")
         (src / "gpu-log.txt").write_text(f"start {start}\nNVIDIA H200\ntotal command time: 9 s (rc 0)\n")
         gpu_plan.adopt(src, tmp_path / "repo", log=lambda *_: None)
     leases = tmp_path / "repo" / "artifacts" / "gpu-plan"

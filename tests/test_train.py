@@ -319,6 +319,25 @@ def test_cross_validate_resumes_only_missing_folds_and_matches_uninterrupted_run
         np.testing.assert_allclose(resumed["probs"], whole["probs"], atol=1e-5)
 
 
+def test_two_processes_starting_one_run_folder_at_once_never_mix_runs(dataset, tmp_path, monkeypatch):
+    """Issue 28, item 6: another process (seed 1) creates run.json between our look and our write.
+    We refuse, naming it, and its record stays; before, ours replaced it and folds of both runs mixed."""
+    from xray_transfer import provenance
+
+    out, real = tmp_path / "run", provenance.environment
+
+    def other_process_first():
+        monkeypatch.setattr(provenance, "environment", real)
+        train.cross_validate(dataset, out, progress=False, folds_to_run=[], **{**RUN, "seed": 1})
+        return real()
+
+    monkeypatch.setattr(provenance, "environment", other_process_first)
+    with pytest.raises(train.RunMismatch, match=r"holds a run with other parameters.*'seed': 1.*started on"):
+        train.cross_validate(dataset, out, progress=False, **RUN)
+    assert json.loads((out / "run.json").read_text())["params"]["seed"] == 1
+    assert not list(out.glob("fold-*.json"))
+
+
 # ---------------------------------------------------------------- fast path == plain path
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``xray-transfer assemble|pack|train|final|predict|benchmark|execute`` (see ``--help``).
+"""Command line: ``xray-transfer assemble|pack|train|final|predict|benchmark|execute|experiments`` (see ``--help``).
 
 The chapters call the same library functions; the command line is for machines
 without Jupyter (a GPU machine) and for the Makefile. A failure prints what went
@@ -90,6 +90,30 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n-splits", type=int, default=10, help="folds of the protocol the times are for")
     b.add_argument("--protocol-epochs", type=int, default=10, help="epochs of the protocol the times are for")
     b.add_argument("--image-size", type=int, nargs=2, default=[200, 266], metavar=("HEIGHT", "WIDTH"))
+
+    e = add("experiments", help="every experiment of the book: list them, or run any part of them on Dask")
+    esub = e.add_subparsers(dest="action", required=True)
+    el = esub.add_parser("list", parents=[debug], help="each experiment: done, running, partial or missing")
+    el.add_argument("names", nargs="*", help="names or shell patterns (quoted), e.g. 'audit/*' (default: all)")
+    el.add_argument("--out", default="artifacts", help="output root holding runs/, audit/, models/, benchmark/")
+    el.add_argument("--todo", action="store_true", help="print only the names of those not done that this machine can make "
+                    "(backend, device), a line each")
+    er = esub.add_parser("run", parents=[debug], help="make what is missing, fold by fold, on a Dask cluster")
+    er.add_argument("names", nargs="*", help="names or shell patterns (quoted); default: every one not done")
+    er.add_argument("--dataset", default="data/dataset", help="dataset folder or .npz pack")
+    er.add_argument("--out", default="artifacts", help="output root (runs/, audit/, models/, benchmark/)")
+    er.add_argument("--models", default="data/models", help="folder of the final models' .keras files")
+    er.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (default: a "
+                    "LocalCluster here, 1 worker on a CPU, several per GPU)")
+    er.add_argument("--workers", type=int, default=None, help="workers of the LocalCluster")
+    er.add_argument("--weights", default="offline", help="initial weights, as for train")
+    er.add_argument("--smoke", action="store_true", help="tiny settings (60 images, 2 folds, 1 epoch, 75x100) "
+                    "to check a grid; use another --out")
+    er.add_argument("--commit", action="store_true", help="commit each fold, model and benchmark into this git "
+                    "checkout as it lands (a long CPU run)")
+    er.add_argument("--pages", action="store_true", help="render the training page of each run as it completes "
+                    "(and, after a paper run, Tables 1-3 and README's block)")
+    er.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     x = add("execute", help="execute a chapter with papermill, refusing parameters the chapter does not have")
     x.add_argument("notebook", help="the chapter as .ipynb (`make run` converts notebooks/<chapter>.md)")
@@ -187,7 +211,7 @@ def run(args) -> int:
                              learning_rate=args.learning_rate, seed=args.seed, fast=fast,
                              group_by_patient=args.group_by_patient, image_mask=args.image_mask,
                              image_size=tuple(args.image_size), batchnorm=args.batchnorm)
-        print(f"{args.backbone}: folds done {rec['folds_done']}")
+        print(f"{args.backbone}: folds done {rec['folds_done']}, made by this process {rec.get('made_here', [])}")
     elif args.cmd == "final":
         from .data import load_dataset
         from .train import fit_final
@@ -210,10 +234,73 @@ def run(args) -> int:
         check_apart(args.out, args.dataset, "dataset")  # run_benchmark checks benchmark.json before any work
         run_benchmark(args.dataset, args.out, backbones=args.backbones, epochs=args.epochs, limit=args.limit,
                       n_splits=args.n_splits, protocol_epochs=args.protocol_epochs, image_size=tuple(args.image_size))
+    elif args.cmd == "experiments":
+        return experiments(args)
     elif args.cmd == "execute":
         from .chapter import execute
         execute(args.notebook, args.output, parameters=args.parameters, raw=args.parameters_raw, cwd=args.cwd)
     return 0
+
+
+def experiments(args) -> int:
+    """``xray-transfer experiments list|run``: the grid of :mod:`xray_transfer.experiments`."""
+    from . import experiments as grid
+
+    chosen = grid.select(args.names or None)
+    manifest = grid.manifest_of(args.out)
+    states = {e.name: grid.status(e, args.out, manifest) for e in chosen}
+    if args.action == "list":
+        if args.todo:
+            device = "gpu" if grid.gpu_count() else "cpu"
+            print("\n".join(e.name for e in chosen if states[e.name]["state"] != "done"
+                            and not grid.check_machine(e, device)))
+            return 0
+        width = max(len(e.name) for e in chosen)
+        for e in chosen:
+            st = states[e.name]
+            print(f"{e.name:<{width}}  {st['state']:<8} {st['done']:>2}/{st['of']:<2}  {e.kind:<5} {args.out}/{e.out}")
+        done = sum(st["state"] == "done" for st in states.values())
+        print(f"{done} of {len(chosen)} done")
+        return 0
+    from .safety import check_apart
+    check_apart(args.out, args.dataset, "dataset")
+    if not Path(args.dataset).exists():
+        raise FileNotFoundError(f"--dataset {args.dataset}: not found; `make dataset` assembles it, `make pack` packs it")
+    todo = [e for e in chosen if states[e.name]["state"] != "done"]
+    device = "gpu" if grid.gpu_count() else "cpu"
+    refused = {e.name: why for e in todo if (why := grid.check_machine(e, device))}
+    if refused and args.names:
+        raise ValueError("; ".join(refused.values()))
+    for name, why in refused.items():
+        print(f"left out: {why}", file=sys.stderr)
+    todo = [e for e in todo if e.name not in refused]
+    if args.smoke:  # a smoke check makes no final models (their .keras files would replace real ones)
+        todo = [e for e in todo if e.kind != "final"] if args.models == "data/models" else todo
+    for e in list(todo):
+        why = grid.missing_weights(e, args.weights)
+        if why:
+            print(f"left out {e.name}: {why}", file=sys.stderr)
+            todo.remove(e)
+    if not todo:
+        print("nothing to make: every experiment chosen is done (`xray-transfer experiments list`)")
+        return 0
+    print(f"to make, in priority order: {', '.join(e.name for e in todo)}")
+    client, kind = grid.connect(args.scheduler, args.workers)
+    try:
+        on_done = (grid.after_each_task(args.out, args.dataset, commit=args.commit, pages=args.pages)
+                   if args.commit or args.pages else None)
+        entries = grid.run_grid(todo, args.dataset, args.out, client, settings=grid.SMOKE if args.smoke else None,
+                                weights=args.weights, models=args.models, scheduler=kind, on_done=on_done,
+                                progress=not args.no_progress)
+    finally:
+        client.close()
+        if client.cluster is not None:
+            client.cluster.close()
+    failed = [e for e in entries if e["status"].startswith("failed")]
+    for e in failed:
+        print(f"{e['experiment']} fold {e['fold']}: {e['status']}", file=sys.stderr)
+    print(f"{len(entries) - len(failed)} task(s) done, {len(failed)} failed; log in {args.out}/grid-log.jsonl")
+    return 1 if failed else 0
 
 
 def _is_pack(path) -> bool:

@@ -245,6 +245,20 @@ def _batch_statistics_when_frozen(layer):
     layer.call = call
 
 
+def _own_default_seeds(seed: int) -> None:
+    """Let Keras draw the default seeds of its initializers from a generator of our own.
+
+    Keras draws them from Python's global ``random``, which other threads of the process (a
+    Dask worker's event loop) draw from too, so a model built in a worker got other initial
+    weights than the same model built alone. ``random.Random(seed)`` draws what the global
+    generator draws after ``random.seed(seed)``, so a model built alone is unchanged.
+    """
+    import random
+
+    from keras.src.random import seed_generator  # where Keras keeps that generator (keras 3.15)
+    seed_generator.python_random = random.Random(seed)
+
+
 def build_model(backbone: str, input_shape=(200, 266, 3), weights="none", pooling="avg",
                 dropout=0.5, n_classes=3, seed=0, batchnorm="keras2"):
     """Build Table 1's network for ``backbone``: base frozen below the cutoff, classifier on top.
@@ -290,6 +304,7 @@ def build_model(backbone: str, input_shape=(200, 266, 3), weights="none", poolin
     if batchnorm not in BATCHNORM_MODES:
         raise ValueError(f"batchnorm must be one of {BATCHNORM_MODES}, got {batchnorm!r}")
     keras.utils.set_random_seed(seed)
+    _own_default_seeds(seed)
     ctor = getattr(keras.applications, spec.application)
     keras_weights = None
     if weights == "imagenet":

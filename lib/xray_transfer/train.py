@@ -8,11 +8,13 @@ when the cutoff is deep (see ``tests/test_train.py`` for the equivalence test).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import math
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -381,6 +383,145 @@ def get_trainer(cfg: dict, images: np.ndarray, feature_store: dict | None = None
     return trainer
 
 
+def open_run(dataset, output_dir, **params) -> dict:
+    """Create a run folder, or check that it holds this run, before any fold is trained.
+
+    ``run.json`` is created exclusively (a hard link from a temporary file), so two
+    processes that start one run folder at once agree on one record: the second reads
+    the first's and goes on only if its run identity (parameters, weights, images) is
+    the same; otherwise it refuses, naming the host and time that made the record.
+
+    Returns a dict with ``cfg``, ``identity_sha256``, ``fold_of``, ``files``, ``out``,
+    ``afresh`` (what to do on a mismatch), ``todo`` (folds without a file) and ``record``.
+    """
+    cfg = make_config(**params)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record_path = out / "run.json"
+    groups = dataset.groups if cfg["group_by_patient"] else None
+    fold_of = make_folds(dataset.labels, cfg["n_splits"], cfg["seed"], groups)
+    files = [r["file"] for r in dataset.manifest]
+    weights = weights_provenance(cfg["weights"])
+    identity = {"params": {k: v for k, v in cfg.items() if k != "weights"},
+                "weights": {k: weights[k] for k in ("kind", "sha256")},
+                "manifest_sha256": dataset.manifest_sha256, "files_sha256": _files_digest(files)}
+    identity_sha256 = hashlib.sha256(json.dumps(identity, sort_keys=True, default=_jsonable).encode()).hexdigest()
+    afresh = f"delete {out} (or choose another output folder) to start afresh"
+    if not record_path.exists():
+        stray = sorted(p.name for p in out.glob("fold-*.json"))
+        if stray:
+            raise RunMismatch(f"{out} has fold files ({', '.join(stray[:3])}) but no run.json, so their "
+                              f"parameters are unknown; {afresh}")
+        from .provenance import environment
+        counts = np.bincount(dataset.labels, minlength=3).tolist()
+        record = {"params": cfg, "identity": identity, "identity_sha256": identity_sha256, "notes": DEFAULT_NOTES,
+                  "full_protocol": is_full_protocol(cfg, len(dataset)),
+                  "dataset": {"manifest_sha256": dataset.manifest_sha256, "n_images": len(dataset),
+                              "counts": counts},
+                  "weights": weights,
+                  "environment": environment(), "folds_done": [], "feature_cache": None}
+        _create_json(record_path, record)  # False: another process made it first; checked below
+    try:
+        old = json.loads(record_path.read_text())
+    except ValueError:
+        raise RunMismatch(f"{record_path}: not valid JSON (damaged?); {afresh}") from None
+    if old.get("identity") != identity:
+        was = old.get("identity") or {}
+        diff = {k: (was.get(k), v) for k, v in identity.items() if was.get(k) != v}
+        env = old.get("environment") or {}
+        raise RunMismatch(f"{out} holds a run with other parameters, weights or images {diff} (old, new), "
+                          f"started on {env.get('host', 'an unknown host')} at {env.get('time_utc', 'an unknown time')}"
+                          f"{_holders(out)}; {afresh}")
+    if (out / "folds.csv").is_file():
+        if not folds_drawn_again(out):
+            import sklearn
+            was = old.get("environment", {}).get("versions", {}).get("scikit-learn", "another version")
+            raise RunMismatch(f"{out}: its folds were drawn by scikit-learn {was}, and scikit-learn "
+                              f"{sklearn.__version__} draws others; resume it with scikit-learn {was}, or {afresh}")
+    else:  # every process of this run draws the same folds, so any of them may write the file
+        tmp = out / f".folds.csv.tmp{os.getpid()}"
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["index", "file", "label", "patient_id", "fold"])
+            w.writerows([i, r["file"], int(dataset.labels[i]), r["patient_id"], int(fold_of[i])]
+                        for i, r in enumerate(dataset.manifest))
+        os.replace(tmp, out / "folds.csv")
+    todo = []
+    for k in range(cfg["n_splits"]):
+        path = out / f"fold-{k:02d}.json"
+        if not path.exists():
+            todo.append(k)
+            continue
+        check_fold(path, identity_sha256, [files[i] for i in np.flatnonzero(fold_of == k)], afresh)
+    return {"cfg": cfg, "identity_sha256": identity_sha256, "fold_of": fold_of, "files": files, "out": out,
+            "afresh": afresh, "todo": todo, "record": old}
+
+
+def run_images(dataset, cfg) -> np.ndarray:
+    """The images a run trains on: resized to its ``image_size`` and masked by its ``image_mask``."""
+    images = resize_images(dataset.images, cfg["image_size"])
+    return apply_image_mask(images, cfg["image_mask"], dataset.manifest)
+
+
+def train_fold(dataset, run: dict, k: int, images=None, feature_store=None, trainer_store=None, progress=None,
+               made_by=None, on_wait=None) -> dict | None:
+    """Train fold ``k`` of a run opened by :func:`open_run`, holding that fold exclusively.
+
+    The fold is held by a lock file (``.fold-XX.lock``, naming the holder) while it trains:
+    another process (another ``train``, another worker of a grid) that reaches it waits,
+    then finds it done. The fold file is written atomically once complete; a process
+    killed mid-fold leaves no fold file and its lock is released by the system.
+    Returns the fold record, or None when another process made the fold.
+    """
+    from .metrics import confusion
+    from .provenance import environment
+
+    cfg, out, identity_sha256 = run["cfg"], run["out"], run["identity_sha256"]
+    path = out / f"fold-{k:02d}.json"
+    fold_of, files = run["fold_of"], run["files"]
+    test_idx = np.flatnonzero(fold_of == k)
+    holder = f"fold {k} of run {identity_sha256[:12]} by {platform.node()} pid {os.getpid()}"
+    with exclusive(out / f".fold-{k:02d}.lock", holder, on_wait):
+        if path.exists():  # made while we waited for it
+            check_fold(path, identity_sha256, [files[i] for i in test_idx], run["afresh"])
+            return None
+        images = run_images(dataset, cfg) if images is None else images
+        t0 = time.perf_counter()
+        trainer = get_trainer(cfg, images, feature_store, trainer_store)
+        setup_seconds = time.perf_counter() - t0
+        train_idx = np.flatnonzero(fold_of != k)
+        t0 = time.perf_counter()
+        res = trainer.fit_fold(train_idx, test_idx, dataset.labels, fold_seed=cfg["seed"] * 1000 + k, progress=progress)
+        wall = time.perf_counter() - t0
+        env = environment()
+        y_true, y_pred = dataset.labels[test_idx], res["probs"].argmax(1)
+        fit_seconds = sum(res["history"]["seconds"])
+        fold = {"fold": k, "n_train": len(train_idx), "n_test": len(test_idx),
+                "test_index": test_idx.tolist(), "test_file": [files[i] for i in test_idx],
+                "y_true": y_true.tolist(), "probs": np.round(res["probs"], 6).tolist(),
+                "confusion": confusion(y_true, y_pred).tolist(), "history": res["history"],
+                "timing": {"wall_seconds": wall, "fit_seconds": fit_seconds,
+                           "predict_seconds": res["predict_seconds"],
+                           "train_images_per_second": len(train_idx) * cfg["epochs"] / fit_seconds,
+                           "fast_path": trainer.fast},
+                "backend": env["backend"], "device": env["device"],
+                "git": env["git"],  # a resumed run's folds may come from later commits than run.json's
+                "made_by": {"host": env["host"], "process": os.getpid(), "scheduler": "none (one process)",
+                            **(made_by or {})},
+                "run_identity_sha256": identity_sha256}
+        _atomic_json(path, fold)
+        feature_cache = {"used": trainer.fast, "reason": trainer.fast_reason,
+                         "seconds": round(trainer.feature_seconds, 3), "setup_seconds": round(setup_seconds, 3)}
+        with exclusive(out / ".run.lock", holder):  # run.json: read, update, replace, one process at a time
+            record = json.loads((out / "run.json").read_text())
+            record["folds_done"] = sorted(int(p.stem[5:]) for p in out.glob("fold-*.json"))
+            was = record.get("feature_cache") or {}
+            if feature_cache["setup_seconds"] >= was.get("setup_seconds", 0):  # the set-up a process paid, not a reuse
+                record["feature_cache"] = feature_cache
+            _atomic_json(out / "run.json", record)
+    return fold
+
+
 def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, feature_store=None, trainer_store=None,
                    **params) -> dict:
     """Run (or resume) k-fold cross-validation and write one artifact per fold.
@@ -392,7 +533,8 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, featur
     output_dir : path
         Gets ``run.json`` (parameters and provenance), ``folds.csv`` (fold of every
         image) and ``fold-XX.json`` (history, test probabilities, confusion
-        matrix, timings), each written atomically. Folds already there are skipped.
+        matrix, timings), each written atomically. Folds already there are skipped;
+        a fold that another process is training is waited for (see :func:`train_fold`).
     progress : bool, default True
         Progress bars per fold and epoch.
     folds_to_run : list of int, optional
@@ -411,101 +553,93 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, featur
     """
     from tqdm import tqdm
 
-    from .metrics import confusion
-    from .provenance import environment
-
-    cfg = make_config(**params)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    record_path = out / "run.json"
-    groups = dataset.groups if cfg["group_by_patient"] else None
-    fold_of = make_folds(dataset.labels, cfg["n_splits"], cfg["seed"], groups)
-    files = [r["file"] for r in dataset.manifest]
-    weights = weights_provenance(cfg["weights"])
-    identity = {"params": {k: v for k, v in cfg.items() if k != "weights"},
-                "weights": {k: weights[k] for k in ("kind", "sha256")},
-                "manifest_sha256": dataset.manifest_sha256, "files_sha256": _files_digest(files)}
-    identity_sha256 = hashlib.sha256(json.dumps(identity, sort_keys=True, default=_jsonable).encode()).hexdigest()
-    afresh = f"delete {out} (or choose another output folder) to start afresh"
-    if record_path.exists():
-        try:
-            old = json.loads(record_path.read_text())
-        except ValueError:
-            raise RunMismatch(f"{record_path}: not valid JSON (damaged?); {afresh}") from None
-        if old.get("identity") != identity:
-            was = old.get("identity") or {}
-            diff = {k: (was.get(k), v) for k, v in identity.items() if was.get(k) != v}
-            raise RunMismatch(f"{out} holds a run with other parameters, weights or images {diff} (old, new); {afresh}")
-        if (out / "folds.csv").is_file() and not folds_drawn_again(out):
-            import sklearn
-            was = old.get("environment", {}).get("versions", {}).get("scikit-learn", "another version")
-            raise RunMismatch(f"{out}: its folds were drawn by scikit-learn {was}, and scikit-learn "
-                              f"{sklearn.__version__} draws others; resume it with scikit-learn {was}, or {afresh}")
-        record = old
-    else:
-        stray = sorted(p.name for p in out.glob("fold-*.json"))
-        if stray:
-            raise RunMismatch(f"{out} has fold files ({', '.join(stray[:3])}) but no run.json, so their "
-                              f"parameters are unknown; {afresh}")
-        counts = np.bincount(dataset.labels, minlength=3).tolist()
-        record = {"params": cfg, "identity": identity, "identity_sha256": identity_sha256, "notes": DEFAULT_NOTES,
-                  "full_protocol": is_full_protocol(cfg, len(dataset)),
-                  "dataset": {"manifest_sha256": dataset.manifest_sha256, "n_images": len(dataset),
-                              "counts": counts},
-                  "weights": weights,
-                  "environment": environment(), "folds_done": [], "feature_cache": None}
-        with open(out / ".folds.csv.tmp", "w", newline="") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(["index", "file", "label", "patient_id", "fold"])
-            w.writerows([i, r["file"], int(dataset.labels[i]), r["patient_id"], int(fold_of[i])]
-                        for i, r in enumerate(dataset.manifest))
-        os.replace(out / ".folds.csv.tmp", out / "folds.csv")
-        _atomic_json(record_path, record)
-    todo = []
-    for k in range(cfg["n_splits"]):
-        path = out / f"fold-{k:02d}.json"
-        if not path.exists():
-            todo.append(k)
-            continue
-        check_fold(path, identity_sha256, [files[i] for i in np.flatnonzero(fold_of == k)], afresh)
+    run = open_run(dataset, output_dir, **params)
+    cfg, todo = run["cfg"], run["todo"]
     if folds_to_run is not None:
         todo = [k for k in todo if k in folds_to_run]
     if not todo:
-        return record
-    images = resize_images(dataset.images, cfg["image_size"])
-    images = apply_image_mask(images, cfg["image_mask"], dataset.manifest)
-    t0 = time.perf_counter()
-    trainer = get_trainer(cfg, images, feature_store, trainer_store)
-    setup_seconds = time.perf_counter() - t0
-    record["feature_cache"] = {"used": trainer.fast, "reason": trainer.fast_reason,
-                               "seconds": round(trainer.feature_seconds, 3), "setup_seconds": round(setup_seconds, 3)}
-    env = environment()
+        return run["record"]
+    images = run_images(dataset, cfg)
     bar = tqdm(total=len(todo) * cfg["epochs"], desc=f"{cfg['backbone']} folds {todo[0]}-{todo[-1]}",
                unit="epoch", disable=not progress, file=sys.stdout, mininterval=1.0)
+    made = []
     for k in todo:
         bar.set_description(f"{cfg['backbone']} fold {k + 1}/{cfg['n_splits']}")
-        train_idx, test_idx = np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)
-        t0 = time.perf_counter()
-        res = trainer.fit_fold(train_idx, test_idx, dataset.labels, fold_seed=cfg["seed"] * 1000 + k, progress=bar)
-        wall = time.perf_counter() - t0
-        y_true, y_pred = dataset.labels[test_idx], res["probs"].argmax(1)
-        fit_seconds = sum(res["history"]["seconds"])
-        fold = {"fold": k, "n_train": len(train_idx), "n_test": len(test_idx),
-                "test_index": test_idx.tolist(), "test_file": [files[i] for i in test_idx],
-                "y_true": y_true.tolist(), "probs": np.round(res["probs"], 6).tolist(),
-                "confusion": confusion(y_true, y_pred).tolist(), "history": res["history"],
-                "timing": {"wall_seconds": wall, "fit_seconds": fit_seconds,
-                           "predict_seconds": res["predict_seconds"],
-                           "train_images_per_second": len(train_idx) * cfg["epochs"] / fit_seconds,
-                           "fast_path": trainer.fast},
-                "backend": env["backend"], "device": env["device"],
-                "git": env["git"],  # a resumed run's folds may come from later commits than run.json's
-                "run_identity_sha256": identity_sha256}
-        _atomic_json(out / f"fold-{k:02d}.json", fold)
-        record["folds_done"] = sorted(set(record["folds_done"]) | {k})
-        _atomic_json(record_path, record)
+        if train_fold(dataset, run, k, images, feature_store, trainer_store, progress=bar,
+                      on_wait=lambda who: print(f"waiting for {who}", file=sys.stderr)) is not None:
+            made.append(k)
     bar.close()
-    return record
+    return {**json.loads((run["out"] / "run.json").read_text()), "made_here": made}
+
+
+@contextlib.contextmanager
+def exclusive(lock_path, holder: str, on_wait=None):
+    """Hold ``lock_path`` exclusively (``flock``) while the block runs; wait for another holder.
+
+    The file names its holder (``on_wait`` is called with that text before waiting) and is
+    removed on leaving. The system releases the lock of a killed process, so a lock never
+    outlives its holder. After taking the lock the file is checked to be still the one at
+    ``lock_path`` (a holder that left removed it), so two processes never hold one path.
+    """
+    import fcntl
+
+    lock_path = Path(lock_path)
+    while True:
+        f = open(lock_path, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait(lock_path.read_text().strip() or "another process")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            same = os.fstat(f.fileno()).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        f.close()  # the holder before us removed that file: take the one at the path now
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(holder + "\n")
+        f.flush()
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        f.close()
+
+
+def held_by(lock_path) -> str | None:
+    """Who holds ``lock_path`` now (its text), or None when no process holds it."""
+    import fcntl
+    try:
+        with open(lock_path) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return f.read().strip() or "another process"
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def _holders(out: Path) -> str:
+    who = [h for h in map(held_by, sorted(Path(out).glob(".fold-*.lock"))) if h]
+    return f", and being trained now ({'; '.join(who)})" if who else ""
+
+
+def _create_json(path: Path, obj) -> bool:
+    """Write ``path`` only if it does not exist, atomically; False if another process made it first."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=_jsonable) + "\n")
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
 
 
 def check_fold(path, identity_sha256, test_files, afresh="start the run afresh") -> dict:
