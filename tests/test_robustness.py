@@ -193,3 +193,28 @@ def test_specification_curve_draws_every_complete_run_sorted_with_its_strip(poin
     assert acc.patches  # the seed band is shaded
     plt.close(fig)
     assert R.plot_specification_curve(points, "xception") is None
+
+
+# ---------------------------------------------------------------- the chapter on a partial grid
+def test_chapter_renders_a_partial_grid_and_names_what_it_lacks(repo, tmp_path):
+    """notebooks/robustness.md with papermill on the synthetic repo: one network, a few runs."""
+    import jupytext
+    import nbformat
+    import papermill
+    from conftest import notebook_texts
+
+    (tmp_path / "dataset.json").write_text(json.dumps({"manifest_sha256": MANIFEST}))
+    src, out = tmp_path / "robustness.ipynb", tmp_path / "executed.ipynb"
+    jupytext.write(jupytext.read(REPO / "notebooks" / "robustness.md"), src)
+    papermill.execute_notebook(str(src), str(out), cwd=str(REPO / "notebooks"), kernel_name="python3",
+                               progress_bar=False,
+                               parameters=dict(repo_dir=str(repo), dataset_json=str(tmp_path / "dataset.json")))
+    nb = nbformat.read(out, as_version=4)
+    glued = [str(o["data"]["application/papermill.record/text/plain"]) for c in nb.cells for o in c.get("outputs", [])
+             if "application/papermill.record/text/plain" in o.get("data", {})]
+    shown = "\n".join([*notebook_texts(nb), *glued])
+    assert "6 of the grid's 84 runs are complete" in shown
+    assert "`augment-light`" in shown and "`pooling-flatten` (3 of 10 folds)" in shown  # what it lacks
+    assert "artifacts/robustness/vgg19/seed-3`: made on other data" in shown  # dropped, with its note
+    assert "not judged" in shown  # the four networks without a run of theirs
+    assert "learning rate 0.001" in shown and "real" in shown

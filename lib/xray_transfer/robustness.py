@@ -348,8 +348,9 @@ def verdicts(points) -> pd.DataFrame:
     * "not judged": Table 2's run is not complete.
 
     ``n_chance`` and ``n_choices`` say how many complete runs the verdict rests on; ``nearest``
-    is the run value closest to the paper's and, for a value not reached, ``side`` says whether
-    that closest run lies above it ("ours higher") or below it ("ours lower").
+    is the run value closest to the paper's and, for a value not reached, ``side`` says where the
+    runs lie: all above it ("ours higher"), all below ("ours lower") or "runs on both sides"
+    (their intervals miss it between them).
     """
     rows = []
     for spec in TABLE1:
@@ -370,11 +371,14 @@ def verdicts(points) -> pd.DataFrame:
             else:
                 verdict = VERDICTS[2]
             default = next((p for p in chance if p["factor"] == "default"), None)
-            nearest = min((100 * p["summary"][m] for p in mine), key=lambda x: abs(x - pub), default=math.nan)
+            values = [100 * p["summary"][m] for p in mine]
+            nearest = min(values, key=lambda x: abs(x - pub), default=math.nan)
+            side = ("ours higher" if min(values) > pub else "ours lower" if max(values) < pub
+                    else "runs on both sides") if values else ""
             rows.append({"backbone": bb, "network": spec.name, "metric": m, "paper": pub,
                          "default": 100 * default["summary"][m] if default else math.nan,
                          "verdict": verdict, "nearest": nearest,
-                         "side": "" if verdict != VERDICTS[2] else ("ours higher" if nearest > pub else "ours lower"),
+                         "side": side if verdict == VERDICTS[2] else "",
                          "choices": [choice_words(p) for p in reached] if verdict == VERDICTS[1] else [],
                          "n_chance": len(chance), "n_choices": len(choices)})
     return pd.DataFrame(rows)
@@ -468,7 +472,7 @@ def plot_specification_curve(points, backbone, metrics=CURVE_METRICS, width=7.4)
         vals = np.array([100 * p["summary"][m] for p in runs])
         lo = np.array([100 * p["summary"]["ci"][m][0] for p in runs])
         hi = np.array([100 * p["summary"]["ci"][m][1] for p in runs])
-        ax.errorbar(x, vals, yerr=[vals - lo, hi - vals], fmt="o", ms=4, color="tab:blue", ecolor="tab:blue",
+        ax.errorbar(x, vals, yerr=np.clip([vals - lo, hi - vals], 0, None), fmt="o", ms=4, color="tab:blue", ecolor="tab:blue",
                     elinewidth=1, capsize=0)
         d = [i for i, p in enumerate(runs) if p["factor"] == "default"]
         if d:
@@ -490,3 +494,21 @@ def plot_specification_curve(points, backbone, metrics=CURVE_METRICS, width=7.4)
     axes[0].set_title(get_backbone(backbone).name, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_nothing_yet(text, width=7.4):
+    """A small figure that says, in place of a curve, that there is nothing to draw yet."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(width, 0.8))
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, color="grey")
+    ax.set_axis_off()
+    return fig
+
+
+def landing(repo=".") -> tuple[str, pd.DataFrame]:
+    """The landing page's and README's quote of the verdicts: one sentence and the small table
+    (:func:`verdict_sentence`, :func:`verdict_table`), from the committed runs under ``repo``."""
+    points = load_grid(repo)
+    v = verdicts(points)
+    return verdict_sentence(v, points), verdict_table(v)
