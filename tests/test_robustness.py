@@ -184,9 +184,12 @@ def test_specification_curve_draws_every_complete_run_sorted_with_its_strip(poin
 
     fig = R.plot_specification_curve(points, "vgg19")
     acc, sens, strip = fig.axes
-    dots = [line for line in acc.get_lines() if line.get_marker() == "o" and line.get_linestyle() == "None"]
-    values = dots[0].get_ydata()
-    assert list(values) == sorted(values) and len(values) == 6  # six complete runs, sorted
+    dots = [line for line in acc.get_lines() if line.get_marker() == "o" and line.get_markersize() == 5]
+    xy = sorted((x, y) for line in dots for x, y in zip(line.get_xdata(), line.get_ydata()))
+    values = [y for _, y in xy]
+    assert values == sorted(values) and len(values) == 6  # six complete runs, sorted
+    hollow = [line for line in dots if line.get_markerfacecolor() == "white"]
+    assert len(hollow) == 1 and list(hollow[0].get_ydata()) == [90.0]  # the jax run: another backend
     assert any(line.get_linestyle() == "--" for line in acc.get_lines())  # the paper's value
     assert [t.get_text() for t in strip.get_yticklabels()] == [
         "default (Table 2's run)", "seed", "learning rate", "pooling"]

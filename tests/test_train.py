@@ -634,3 +634,18 @@ def test_augmentation_turns_the_fast_path_off_and_scaling_enters_its_cache_key()
     images = np.zeros((2, 40, 53, 3), np.uint8)
     cfg = train.make_config(backbone="vgg19", image_size=(40, 53))
     assert train.frozen_key(cfg, images) != train.frozen_key({**cfg, "scaling": "unit"}, images)
+
+
+def test_every_fold_of_an_augmented_run_starts_from_the_same_augmentation_seeds(dataset):
+    """A resumed run must train fold k as an uninterrupted one does: reset() restores the random
+    layers' generator state along with the weights."""
+    cfg = train.make_config(backbone="vgg19", n_splits=2, epochs=1, batch_size=8, image_size=(H, W),
+                            augment="light")
+    trainer = train.Trainer(cfg, train.prepare_images(dataset.images, dataset.manifest, cfg))
+    assert trainer.fast is False and len(trainer._extra) == 3  # rotation, shift, zoom
+    start = [v.numpy().copy() for v in trainer._extra]
+    idx = np.arange(len(dataset))
+    first = trainer.fit_fold(idx[::2], idx[1::2], dataset.labels, fold_seed=0)["probs"]
+    assert any(not np.array_equal(v.numpy(), a) for v, a in zip(trainer._extra, start))  # it drew numbers
+    again = trainer.fit_fold(idx[::2], idx[1::2], dataset.labels, fold_seed=0)["probs"]
+    np.testing.assert_allclose(again, first, rtol=1e-5, atol=1e-6)

@@ -450,8 +450,9 @@ def verdict_sentence(v: pd.DataFrame, points=None) -> str:
 # --------------------------------------------------------------------------- the figure
 def plot_specification_curve(points, backbone, metrics=CURVE_METRICS, width=7.4):
     """Specification curve of one backbone (Simonsohn et al. 2020): every complete run's
-    ``metrics`` with 95 % intervals, sorted by the first metric; the default ringed, the seed band
-    shaded, the paper's value dashed; beneath, a strip marking which choice each run changed.
+    ``metrics`` with 95 % intervals, sorted by the first metric; the default ringed, runs made on
+    another backend or device than the default hollow, the seed band shaded, the paper's value
+    dashed; beneath, a strip marking which choice each run changed.
     Returns the figure, or None when the backbone has no complete run."""
     import matplotlib.pyplot as plt
 
@@ -460,6 +461,8 @@ def plot_specification_curve(points, backbone, metrics=CURVE_METRICS, width=7.4)
     if not runs:
         return None
     factors = [f for f in FACTOR_NAMES if any(p["factor"] == f for p in runs)]
+    default_devices = next((p["devices"] for p in runs if p["factor"] == "default"), None)
+    other = np.array([default_devices is not None and p["devices"] != default_devices for p in runs])
     x = np.arange(len(runs))
     fig, axes = plt.subplots(len(metrics) + 1, 1, figsize=(width, 1.9 * len(metrics) + 0.3 * len(factors) + 0.6),
                              sharex=True, gridspec_kw={"height_ratios": [3] * len(metrics) + [0.45 * len(factors)]})
@@ -472,15 +475,19 @@ def plot_specification_curve(points, backbone, metrics=CURVE_METRICS, width=7.4)
         vals = np.array([100 * p["summary"][m] for p in runs])
         lo = np.array([100 * p["summary"]["ci"][m][0] for p in runs])
         hi = np.array([100 * p["summary"]["ci"][m][1] for p in runs])
-        ax.errorbar(x, vals, yerr=np.clip([vals - lo, hi - vals], 0, None), fmt="o", ms=4, color="tab:blue", ecolor="tab:blue",
-                    elinewidth=1, capsize=0)
+        err = np.clip([vals - lo, hi - vals], 0, None)
+        ax.errorbar(x, vals, yerr=err, fmt="none", ecolor="tab:blue", elinewidth=1, capsize=0)
+        ax.plot(x[~other], vals[~other], "o", ms=5, color="tab:blue")
+        if other.any():  # made on another backend or device than the default: hollow
+            ax.plot(x[other], vals[other], "o", ms=5, mfc="white", mec="tab:blue",
+                    label="other backend or device")
         d = [i for i, p in enumerate(runs) if p["factor"] == "default"]
         if d:
             ax.plot(x[d], vals[d], "o", ms=9, mfc="none", mec="tab:red", mew=1.5, label="default (Table 2)")
         ax.set_ylabel(f"{METRIC_NAMES[m]} (%)", fontsize=9)
         ax.set_ylim(-2, 102)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(frameon=False, fontsize=8, ncol=3, loc="lower right")
+    axes[0].legend(frameon=False, fontsize=8, ncol=2, loc="best")
     strip = axes[-1]
     for i, p in enumerate(runs):
         strip.plot(i, factors.index(p["factor"]), "s", color="black" if p["factor"] != "default" else "tab:red", ms=5)

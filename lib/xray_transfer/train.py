@@ -335,6 +335,9 @@ class Trainer:
         self.net.optimizer.build(self.net.trainable_variables)
         self._init_model = [v.numpy() for v in self.model.variables]
         self._init_opt = [v.numpy() for v in self.net.optimizer.variables]
+        # the network's own state outside the model: the augmentation's random-number generators
+        self._extra = [v for v in self.net.variables if not any(v is w for w in self.model.variables)]
+        self._init_extra = [v.numpy() for v in self._extra]
         self.use_images(images, feature_store)
 
     def use_images(self, images: np.ndarray, feature_store: dict | None = None):
@@ -358,8 +361,10 @@ class Trainer:
         self.feature_seconds = time.perf_counter() - t0 if self.fast else 0.0
 
     def reset(self):
-        """Back to the initial weights, optimizer state and dropout seed."""
+        """Back to the initial weights, optimizer state, dropout seed and augmentation seeds."""
         for v, a in zip(self.model.variables, self._init_model):
+            v.assign(a)
+        for v, a in zip(self._extra, self._init_extra):
             v.assign(a)
         for v, a in zip(self.net.optimizer.variables, self._init_opt):
             v.assign(a)
