@@ -111,3 +111,22 @@ def test_current_audit_page_shows_no_library_warnings():
     shown = [t for c in page["cells"] for o in c.get("outputs", []) for t in ["".join(o.get("text", ""))]
              if "WARNING:tensorflow" in t]
     assert not shown, shown[0][:300]
+
+
+def test_every_committed_runs_identity_is_recomputed_unchanged():
+    """Parameters added later (train.LATER_PARAMS) must not change a committed run's identity:
+    recomputed from its own record, every run's identity hash is the one its folds carry."""
+    import csv
+
+    from xray_transfer import train
+
+    runs = sorted([*ART.glob("runs/*/run.json"), *ART.glob("audit/*/run.json"), *ART.glob("robustness/*/*/run.json")])
+    assert len(runs) >= 5
+    for path in runs:
+        rec = json.loads(path.read_text())
+        cfg = train.make_config(**{**rec["params"], "weights": "none"})
+        with open(path.parent / "folds.csv", newline="") as f:
+            files = [r["file"] for r in csv.DictReader(f)]
+        identity, sha = train.run_identity(cfg, rec["weights"], rec["dataset"]["manifest_sha256"], files)
+        assert identity["params"] == rec["identity"]["params"], path
+        assert sha == rec["identity_sha256"], path

@@ -427,3 +427,25 @@ def test_every_page_reads_well_in_a_browser(book, chromium, tmp_path):
     same = {t: p for t, p in titles.items() if len(p) > 1}
     assert not same, f"pages share a title: {same}"
     assert not problems, f"{len(problems)} problem(s):\n" + "\n".join(problems[:60])
+
+
+def test_robustness_page_shows_curves_effects_verdicts_and_what_it_lacks(book):
+    """The robustness chapter renders a curve per network, the effects and verdict tables from the
+    committed runs, and names the grid's runs that are not complete."""
+    from xray_transfer import robustness as RB
+
+    page_path = HTML / "notebooks" / "robustness.html"
+    assert page_path.is_file(), "the robustness chapter is not in the built book"
+    text = page_path.read_text()
+    page = parse(text)
+    for label in ("fig-robust-vgg19", "fig-robust-mobilenet", "fig-robust-inception-v3", "fig-robust-xception",
+                  "fig-robust-inception-resnet-v2", "tbl-robust-glance", "tbl-robust-effects",
+                  "tbl-robust-verdicts", "tbl-robust-missing"):
+        assert label in page.ids, f"{label} is missing from the robustness page"
+    points = RB.load_grid(REPO)
+    sentence, _ = RB.landing(REPO)
+    assert sentence[:40] in html.unescape(re.sub(r"<[^>]+>", "", text)), "the verdict sentence is not shown"
+    lacking = RB.missing(points)
+    missing_table = next(t for t in page.tables if "Runs not complete" in t)
+    assert all(label in missing_table for label in lacking["label"]), "a run the grid lacks is not named"
+    assert "{glue:" not in text and "{numref}" not in text

@@ -523,3 +523,155 @@ def test_keras2_mode_frozen_batchnorm_uses_batch_statistics_only_while_training(
     np.testing.assert_allclose(train_k2.mean(axis=(0, 1, 2)), 0, atol=1e-3)
     np.testing.assert_allclose(train_k2.std(axis=(0, 1, 2)), 1, atol=1e-2)
     assert np.abs(train_k2 - infer_k2).max() > 0.1
+
+
+# ---------------------------------------------------------------- the later parameters: scaling, resize,
+# augment, split_seed. Each changes what the network sees; at its default nothing changes.
+
+
+def xray_in_bands(h=200, w=266):
+    """A square synthetic X-ray (a bright disc on grey) letterboxed into h x w, with its manifest row."""
+    from PIL import Image
+
+    from xray_transfer.preprocess import letterbox
+    yy, xx = np.mgrid[:100, :100]
+    xray = np.where((yy - 50) ** 2 + (xx - 50) ** 2 < 900, 230, 90).astype(np.uint8)
+    boxed = np.asarray(letterbox(Image.fromarray(xray), (w, h)))[None]
+    return boxed, [{"original_width": 100, "original_height": 100}]
+
+
+def test_later_parameters_default_to_todays_behaviour():
+    cfg = train.make_config()
+    assert {k: cfg[k] for k in train.LATER_PARAMS} == dict(split_seed=None, scaling="preprocess_input",
+                                                           resize="letterbox", augment="none")
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(scaling="imagenet"), r"scaling must be one of \('preprocess_input', 'unit'\), got 'imagenet'"),
+    (dict(resize="crop"), r"resize must be one of \('letterbox', 'stretch'\), got 'crop'"),
+    (dict(augment="heavy"), r"augment must be one of \('none', 'light'\), got 'heavy'"),
+    (dict(split_seed="1"), r"split_seed must be an integer or None"),
+    (dict(backbone="vgg19", augment="light", fast=True), r"fast=True caches .* augment='light'"),
+])
+def test_make_config_rejects_bad_later_parameters(params, match):
+    with pytest.raises(ValueError, match=match):
+        train.make_config(**params)
+
+
+def test_default_identity_is_todays_and_each_later_parameter_changes_it():
+    """A run's identity is what it had before these parameters existed (the committed runs stay
+    valid: tests/test_artifacts.py recomputes theirs); a non-default value is a new run."""
+    cfg = train.make_config(backbone="vgg19")
+    todays = ("backbone", "n_splits", "epochs", "batch_size", "learning_rate", "dropout", "pooling", "seed",
+              "image_size", "fast", "group_by_patient", "image_mask", "batchnorm")  # the keys before them
+    assert train.identity_params(cfg) == {k: cfg[k] for k in todays}
+    weights = {"kind": "none", "sha256": None}
+    _, base = train.run_identity(cfg, weights, "m" * 64, ["a.png", "b.png"])
+    for change in (dict(split_seed=3), dict(scaling="unit"), dict(resize="stretch"), dict(augment="light")):
+        other = train.make_config(backbone="vgg19", **change)
+        assert train.run_identity(other, weights, "m" * 64, ["a.png", "b.png"])[1] != base, change
+    # the folds of seed itself, spelled out, are the default's
+    assert train.run_identity(train.make_config(backbone="vgg19", split_seed=0), weights, "m" * 64,
+                              ["a.png", "b.png"])[1] == base
+
+
+def test_split_seed_holds_the_folds_while_seed_changes(tmp_path, dataset):
+    """folds_to_run=[] writes run.json and folds.csv and trains nothing."""
+    def folds(name, **params):
+        train.cross_validate(dataset, tmp_path / name, progress=False, folds_to_run=[], **{**RUN, **params})
+        return (tmp_path / name / "folds.csv").read_text()
+
+    default = folds("seed0")
+    assert folds("seed1", seed=1) != default
+    assert folds("seed1-split0", seed=1, split_seed=0) == default
+    assert train.folds_drawn_again(tmp_path / "seed1-split0")  # resumable: its folds are drawn again
+
+
+def test_scaling_unit_feeds_zero_to_one_and_the_default_keeps_keras_preprocess_input():
+    import keras
+
+    img = np.array([[[0, 128, 255]]], dtype=np.uint8)[None]
+    np.testing.assert_array_equal(models.preprocess_input("vgg19", img, "unit"), img / np.float32(255))
+    for key in ("vgg19", "mobilenet"):
+        mod = getattr(keras.applications, models.get_backbone(key).module)
+        todays = mod.preprocess_input(img.astype(np.float32).copy())
+        np.testing.assert_array_equal(models.preprocess_input(key, img), todays)  # default: today's arrays
+        assert not np.allclose(models.preprocess_input(key, img, "unit"), todays)
+
+
+def test_the_network_sees_unit_scaled_pixels_with_scaling_unit():
+    model = models.build_model("vgg19", input_shape=(32, 32, 3), pooling="avg")
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    unit = models.with_preprocessing(model, "vgg19", scaling="unit").predict(images, verbose=0)
+    np.testing.assert_allclose(unit, model.predict(images / np.float32(255), verbose=0), rtol=1e-5, atol=1e-6)
+    default = models.with_preprocessing(model, "vgg19").predict(images, verbose=0)
+    np.testing.assert_allclose(default, model.predict(models.preprocess_input("vgg19", images), verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    assert not np.allclose(unit, default)
+
+
+def test_resize_stretch_fills_the_frame_and_letterbox_keeps_todays_arrays():
+    boxed, manifest = xray_in_bands()
+    cfg = train.make_config(image_size=(200, 266))
+    np.testing.assert_array_equal(train.prepare_images(boxed, manifest, cfg), boxed)  # default: untouched
+    small = train.make_config(image_size=(100, 133))
+    np.testing.assert_array_equal(train.prepare_images(boxed, manifest, small), train.resize_images(boxed, (100, 133)))
+    stretched = train.prepare_images(boxed, manifest, train.make_config(image_size=(200, 266), resize="stretch"))
+    assert stretched.shape == boxed.shape
+    assert (boxed[0, :, :20] == 0).all() and (stretched[0, :, :20] > 60).all()  # the band is gone: X-ray there
+    disc = lambda a: (a[0, 100] > 160).sum()  # noqa: E731 -- the disc's width on the middle row
+    assert disc(stretched) > 1.2 * disc(boxed)  # stretched sideways by 266/200
+
+
+def test_lungs_hidden_in_frame_of_a_stretched_image_hides_the_whole_images_centre():
+    boxed, manifest = xray_in_bands()
+    cfg = train.make_config(resize="stretch", image_mask="lungs_hidden_in_frame")
+    out = train.prepare_images(boxed, manifest, cfg)[0]
+    assert (out[40:160, 50:216] == 0).all() and (out[:, :30] > 60).all()
+
+
+def test_augment_light_changes_the_training_images_only_and_never_flips():
+    import keras
+
+    layers = models.augmentation("light", seed=0)
+    assert models.augmentation("none") is None
+    assert not any("Flip" in type(layer).__name__ for layer in layers.layers)
+    boxed, _ = xray_in_bands(64, 85)
+    x = boxed.astype("float32")
+    seen = keras.ops.convert_to_numpy(layers(x, training=True))
+    assert seen.shape == x.shape and not np.allclose(seen, x)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layers(x, training=False)), x)
+    # a left-right flip would move the bright disc's mass across the middle; light augmentation barely moves it
+    centre = lambda a: (a[..., 0] * np.arange(a.shape[2])).sum() / a[..., 0].sum()  # noqa: E731
+    assert abs(centre(seen) - centre(x)) < 0.1 * x.shape[2]
+    # in the network: the training step sees augmented pixels, prediction the images themselves
+    model = models.build_model("vgg19", input_shape=(64, 85, 3))
+    net = models.with_preprocessing(model, "vgg19", augment="light")
+    plain = models.with_preprocessing(model, "vgg19")
+    np.testing.assert_allclose(net.predict(boxed, verbose=0), plain.predict(boxed, verbose=0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(keras.ops.convert_to_numpy(net(boxed, training=True)),
+                           keras.ops.convert_to_numpy(plain(boxed, training=True)))
+
+
+def test_augmentation_turns_the_fast_path_off_and_scaling_enters_its_cache_key():
+    used, reason = train.use_fast_path(train.make_config(backbone="vgg19", augment="light"))
+    assert used is False and "augment" in reason
+    assert train.use_fast_path(train.make_config(backbone="vgg19"))[0] is True
+    images = np.zeros((2, 40, 53, 3), np.uint8)
+    cfg = train.make_config(backbone="vgg19", image_size=(40, 53))
+    assert train.frozen_key(cfg, images) != train.frozen_key({**cfg, "scaling": "unit"}, images)
+
+
+def test_every_fold_of_an_augmented_run_starts_from_the_same_augmentation_seeds(dataset):
+    """A resumed run must train fold k as an uninterrupted one does: reset() restores the random
+    layers' generator state along with the weights."""
+    cfg = train.make_config(backbone="vgg19", n_splits=2, epochs=1, batch_size=8, image_size=(H, W),
+                            augment="light")
+    trainer = train.Trainer(cfg, train.prepare_images(dataset.images, dataset.manifest, cfg))
+    assert trainer.fast is False and len(trainer._extra) == 3  # rotation, shift, zoom
+    start = [v.numpy().copy() for v in trainer._extra]
+    idx = np.arange(len(dataset))
+    first = trainer.fit_fold(idx[::2], idx[1::2], dataset.labels, fold_seed=0)["probs"]
+    assert any(not np.array_equal(v.numpy(), a) for v, a in zip(trainer._extra, start))  # it drew numbers
+    again = trainer.fit_fold(idx[::2], idx[1::2], dataset.labels, fold_seed=0)["probs"]
+    np.testing.assert_allclose(again, first, rtol=1e-5, atol=1e-6)

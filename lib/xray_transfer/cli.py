@@ -60,7 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--learning-rate", type=float, default=1e-4)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0,
+                   help="draws the fold split (unless --split-seed), the random initial weights and dropout, "
+                        "and the batch order")
+    t.add_argument("--split-seed", type=int, default=None,
+                   help="draw the folds with this seed instead (default: --seed), to hold the split fixed")
+    t.add_argument("--scaling", default="preprocess_input", choices=["preprocess_input", "unit"],
+                   help="pixel scaling: each backbone's preprocess_input (default) or plain [0, 1]")
+    t.add_argument("--resize", default="letterbox", choices=["letterbox", "stretch"],
+                   help="letterboxed images (default) or the X-ray stretched to fill the frame")
+    t.add_argument("--augment", default="none", choices=["none", "light"],
+                   help="light: small random rotations, shifts and zoom while training (no flip)")
     t.add_argument("--limit", type=int, default=None, help="stratified subset of this many images")
     t.add_argument("--group-by-patient", action="store_true")
     t.add_argument("--image-mask", default="none", choices=["none", "lungs_hidden", "lungs_hidden_in_frame"])
@@ -210,7 +220,9 @@ def run(args) -> int:
                              n_splits=args.n_splits, epochs=args.epochs, batch_size=args.batch_size,
                              learning_rate=args.learning_rate, seed=args.seed, fast=fast,
                              group_by_patient=args.group_by_patient, image_mask=args.image_mask,
-                             image_size=tuple(args.image_size), batchnorm=args.batchnorm)
+                             image_size=tuple(args.image_size), batchnorm=args.batchnorm,
+                             split_seed=args.split_seed, scaling=args.scaling, resize=args.resize,
+                             augment=args.augment)
         print(f"{args.backbone}: folds done {rec['folds_done']}, made by this process {rec.get('made_here', [])}")
     elif args.cmd == "final":
         from .data import load_dataset

@@ -142,31 +142,81 @@ def init_label(weights: dict) -> str:
 
 
 
-def preprocess_input(backbone: str, images: np.ndarray) -> np.ndarray:
+#: How the uint8 pixels are scaled before the network (``scaling``), in words.
+SCALINGS = {
+    "preprocess_input": "each backbone's own keras.applications preprocess_input (VGG19: BGR, ImageNet mean "
+                        "subtracted; the others: [-1, 1])",
+    "unit": "plain [0, 1]: every pixel divided by 255",
+}
+#: Light augmentation (``augment="light"``): at most 5 degrees of rotation, 5 % shift and 5 % zoom,
+#: new pixels black like the letterbox bands; no left-right flip, because a flip moves the heart.
+LIGHT_AUGMENTATION = {"rotation_degrees": 5.0, "shift": 0.05, "zoom": 0.05}
+#: What each ``augment`` value does while training (never at prediction), in words.
+AUGMENTATIONS = {
+    "none": "no augmentation: every epoch sees the same images",
+    "light": "random rotation up to ±{rotation_degrees:g}°, shift up to ±{shift:.0%} and zoom up to ±{zoom:.0%} "
+             "in every training step, filled black; no flip".format(**LIGHT_AUGMENTATION),
+}
+
+
+def _scale(backbone: str, x, scaling: str):
+    """Scale float pixels in [0, 255] (array or tensor) as ``scaling`` says (:data:`SCALINGS`)."""
+    import keras
+
+    if scaling not in SCALINGS:
+        raise ValueError(f"scaling must be one of {tuple(SCALINGS)}, got {scaling!r}")
+    if scaling == "unit":
+        return x / 255.0
+    return getattr(keras.applications, get_backbone(backbone).module).preprocess_input(x)
+
+
+def preprocess_input(backbone: str, images: np.ndarray, scaling: str = "preprocess_input") -> np.ndarray:
     """Scale uint8 RGB images the way the backbone's ImageNet weights expect (float32).
 
-    VGG19: 'caffe' (BGR, ImageNet mean subtracted); the others: [-1, 1].
+    VGG19: 'caffe' (BGR, ImageNet mean subtracted); the others: [-1, 1]. With
+    ``scaling="unit"``: plain [0, 1] for every backbone (:data:`SCALINGS`).
+    """
+    return np.asarray(_scale(backbone, np.asarray(images, dtype=np.float32).copy(), scaling), dtype=np.float32)
+
+
+def augmentation(augment: str = "none", seed: int = 0):
+    """The random layers of ``augment`` (:data:`AUGMENTATIONS`) as a ``keras.Sequential``, or None for "none".
+
+    They act on float pixels in [0, 255] while training only; at prediction they pass
+    the images through unchanged.
     """
     import keras
 
-    mod = getattr(keras.applications, get_backbone(backbone).module)
-    return np.asarray(mod.preprocess_input(np.asarray(images, dtype=np.float32).copy()), dtype=np.float32)
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {tuple(AUGMENTATIONS)}, got {augment!r}")
+    if augment == "none":
+        return None
+    a = LIGHT_AUGMENTATION
+    black = dict(fill_mode="constant", fill_value=0.0)
+    return keras.Sequential([
+        keras.layers.RandomRotation(a["rotation_degrees"] / 360.0, seed=seed, **black),
+        keras.layers.RandomTranslation(a["shift"], a["shift"], seed=seed + 1, **black),
+        keras.layers.RandomZoom(a["zoom"], seed=seed + 2, **black)], name="augment_light")
 
 
-def with_preprocessing(model, backbone: str):
+def with_preprocessing(model, backbone: str, scaling: str = "preprocess_input", augment: str = "none", seed: int = 0):
     """``model`` behind :func:`preprocess_input`, as a model that takes the uint8 images themselves.
 
     It shares ``model``'s layers (training it trains ``model``). Fed uint8, the host gathers
     and copies a quarter of the bytes that float32 inputs take, and the scaling runs where
     the model runs, on the GPU if there is one. Keras' ``preprocess_input`` does the same
-    arithmetic on tensors as on arrays.
+    arithmetic on tensors as on arrays. ``augment`` puts :func:`augmentation`'s random
+    layers (training only, seeded with ``seed``) before the scaling.
     """
     import keras
 
-    mod = getattr(keras.applications, get_backbone(backbone).module)
     images = keras.Input(model.input_shape[1:], dtype="uint8", name="uint8_images")
-    scaled = keras.layers.Lambda(lambda x: mod.preprocess_input(keras.ops.cast(x, "float32")),
-                                 name="preprocess_input")(images)
+    layers = augmentation(augment, seed)
+    x = images
+    if layers is not None:
+        x = layers(keras.layers.Lambda(lambda t: keras.ops.cast(t, "float32"), name="to_float")(x))
+    scaled = keras.layers.Lambda(lambda t: _scale(backbone, keras.ops.cast(t, "float32"), scaling),
+                                 name="preprocess_input")(x)
     return keras.Model(images, model(scaled), name=f"{model.name}_from_uint8")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import CLASSES, walk_folder
-from .preprocess import IMAGE_SUFFIXES, ImageReadError, letterbox, read_image
+from .preprocess import IMAGE_SUFFIXES, ImageReadError, letterbox, read_image, stretch
 
 #: What to say about files of other kinds, by suffix.
 UNSUPPORTED = {".dcm": "DICOM is not read; export the image as PNG (e.g. with pydicom) and predict that",
@@ -151,12 +151,15 @@ def predict_folder(model_path, folder, out_csv, batch_size=32, on_error="skip") 
         raise ImageReadError(f"{bad[0][0]}: {bad[0][1]}")
     model, record = load_trained(model_path)
     h, w = record["params"]["image_size"]
+    # as the model was trained (models trained before these parameters existed: the defaults)
+    scaling = record["params"].get("scaling", "preprocess_input")
+    to_input = stretch if record["params"].get("resize", "letterbox") == "stretch" else letterbox
     rows, batch, names = [], [], []
 
     def flush():
         if not batch:
             return
-        x = preprocess_input(record["params"]["backbone"], np.stack(batch))
+        x = preprocess_input(record["params"]["backbone"], np.stack(batch), scaling)
         probs = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
         bad = [name for name, p in zip(names, probs) if not np.isfinite(p).all()]
         if bad:
@@ -176,7 +179,7 @@ def predict_folder(model_path, folder, out_csv, batch_size=32, on_error="skip") 
             reason = unsupported_reason(path)
             if reason is not None:
                 raise ImageReadError(f"{path}: {reason}")
-            im = letterbox(read_image(path), (w, h))
+            im = to_input(read_image(path), (w, h))
         except ImageReadError as err:
             if on_error == "raise":
                 raise

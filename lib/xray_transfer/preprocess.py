@@ -157,3 +157,38 @@ def stretch_paper_literal(im: Image.Image, size=OUTPUT_SIZE, ratio=1.5) -> Image
     canvas = Image.new("RGB", (canvas_w, canvas_h), (0, 0, 0))
     canvas.paste(im, ((canvas_w - w) // 2, (canvas_h - h) // 2))
     return canvas.resize(size, Image.Resampling.LANCZOS)
+
+
+#: How an X-ray becomes the network's 266x200 input (``resize``), in words.
+RESIZES = {
+    "letterbox": "padded on black to the output's aspect ratio, then resized: nothing distorted (the dataset)",
+    "stretch": "resized to the output's size directly, stretching the X-ray to fill it (no bands)",
+}
+
+
+def stretch(im: Image.Image, size=OUTPUT_SIZE) -> Image.Image:
+    """A plain resize of ``im`` to ``size`` (width, height): the X-ray fills the output, stretched.
+
+    >>> stretch(Image.new("L", (100, 100), 255)).size
+    (266, 200)
+    """
+    return to_rgb(im).resize(tuple(size), Image.Resampling.LANCZOS)
+
+
+def stretch_letterboxed(pixels: np.ndarray, image_size) -> np.ndarray:
+    """The X-ray of one letterboxed image (uint8, H x W x 3), cut from its bands and stretched to fill H x W.
+
+    ``image_size`` is the original X-ray's (width, height), which says where it lies
+    (:func:`xray_frame`). This is :func:`stretch` done from the letterboxed dataset, the
+    only copy a training machine has: along the padded axis the X-ray keeps the resolution
+    it had inside the letterbox, so it is a little softer than a stretch of the original.
+
+    >>> img = np.zeros((200, 266, 3), np.uint8); img[:, 32:234] = 255  # a square X-ray between bands
+    >>> int(stretch_letterboxed(img, (100, 100)).min())
+    255
+    """
+    h, w = pixels.shape[:2]
+    x0, y0, x1, y1 = xray_frame(image_size, (w, h))
+    box = (int(round(x0 * w)), int(round(y0 * h)), int(round(x1 * w)), int(round(y1 * h)))
+    crop = Image.fromarray(np.asarray(pixels, dtype=np.uint8)).crop(box)
+    return np.asarray(crop.resize((w, h), Image.Resampling.LANCZOS))

@@ -21,13 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import (BATCHNORM_MODES, build_model, get_backbone, has_frozen_batchnorm, preprocess_input,
-                     resolve_weights, split_at_cutoff, weights_provenance, with_preprocessing)
+from .models import (AUGMENTATIONS, BATCHNORM_MODES, SCALINGS, build_model, get_backbone, has_frozen_batchnorm,
+                     preprocess_input, resolve_weights, split_at_cutoff, weights_provenance, with_preprocessing)
+from .preprocess import RESIZES
 
 #: The paper's protocol (Section 2.3); unstated choices are marked in DEFAULT_NOTES.
 DEFAULTS = dict(backbone="mobilenet", weights="none", n_splits=10, epochs=10, batch_size=64,
                 learning_rate=1e-4, dropout=0.5, pooling="avg", seed=0, image_size=(200, 266),
-                fast="auto", group_by_patient=False, image_mask="none", batchnorm="keras2")
+                fast="auto", group_by_patient=False, image_mask="none", batchnorm="keras2",
+                split_seed=None, scaling="preprocess_input", resize="letterbox", augment="none")
+#: Parameters added after runs were committed: at their default they stay out of a run's identity
+#: (:func:`run_identity`), so the committed runs keep theirs; any other value enters it.
+LATER_PARAMS = ("split_seed", "scaling", "resize", "augment")
 DEFAULT_NOTES = {
     "learning_rate": "unstated in the paper; 1e-4, a common Adam rate for fine-tuning",
     "dropout": "unstated; 0.5 (Hinton et al. 2012) between the two hidden layers",
@@ -35,6 +40,9 @@ DEFAULT_NOTES = {
     "loss": "unstated; softmax output with categorical cross-entropy",
     "scaling": "unstated; each backbone's own keras.applications preprocess_input",
     "augmentation": "none (discussed in Section 2.2, not stated as used)",
+    "resize": "letterboxed: padded on black to 266x200's aspect ratio, then resized (the paper: 'no distortion')",
+    "seed": "one seed draws the fold split (unless split_seed is given), the random initial weights (classifier, "
+            "missing ImageNet tensors) and dropout, and each fold's batch order",
     "batchnorm": "unstated; every BatchNormalization layer, frozen ones included, normalises with "
                  "batch statistics while training, as Keras 2.3 / TensorFlow 2.1 (early 2020) did",
 }
@@ -87,13 +95,56 @@ def make_config(**params) -> dict:
         raise ValueError(f"image_mask must be one of {IMAGE_MASKS}, got {cfg['image_mask']!r}")
     if cfg["batchnorm"] not in BATCHNORM_MODES:
         raise ValueError(f"batchnorm must be one of {tuple(BATCHNORM_MODES)}, got {cfg['batchnorm']!r}")
+    if cfg["split_seed"] is not None and (isinstance(cfg["split_seed"], bool)
+                                          or not isinstance(cfg["split_seed"], (int, np.integer))):
+        raise ValueError(f"split_seed must be an integer or None (the folds of seed), got {cfg['split_seed']!r}")
+    for k, allowed in (("scaling", SCALINGS), ("resize", RESIZES), ("augment", AUGMENTATIONS)):
+        if cfg[k] not in allowed:
+            raise ValueError(f"{k} must be one of {tuple(allowed)}, got {cfg[k]!r}")
+    if cfg["fast"] is True and cfg["augment"] != "none":
+        raise ValueError(f"fast=True caches the frozen part's outputs, but augment={cfg['augment']!r} changes the "
+                         "images in every epoch; use fast='auto'")
     if cfg["fast"] is True and cfg["batchnorm"] == "keras2" and has_frozen_batchnorm(cfg["backbone"]):
         raise ValueError(f"fast=True needs frozen layers whose output does not depend on the batch, but with "
                          f"batchnorm='keras2' the frozen BatchNormalization layers of {cfg['backbone']} use batch "
                          "statistics; use fast='auto'")
     cfg["weights"] = resolve_weights(cfg["backbone"], cfg["weights"])
     cfg["seed"] = int(cfg["seed"])
+    # the folds of seed itself are the default's: one spelling, one identity
+    cfg["split_seed"] = None if cfg["split_seed"] in (None, cfg["seed"]) else int(cfg["split_seed"])
     return cfg
+
+
+def split_seed_of(cfg: dict) -> int:
+    """The seed that draws a run's folds: ``split_seed``, or ``seed`` when that is None.
+
+    >>> split_seed_of(make_config(seed=2)), split_seed_of(make_config(seed=2, split_seed=0))
+    (2, 0)
+    """
+    return cfg["seed"] if cfg.get("split_seed") is None else cfg["split_seed"]
+
+
+def identity_params(cfg: dict) -> dict:
+    """The parameters that make a run's identity: all but the weights path, and the
+    :data:`LATER_PARAMS` only where they differ from their default.
+
+    >>> "augment" in identity_params(make_config()), identity_params(make_config(augment="light"))["augment"]
+    (False, 'light')
+    """
+    return {k: v for k, v in cfg.items()
+            if k != "weights" and not (k in LATER_PARAMS and v == DEFAULTS[k])}
+
+
+def run_identity(cfg: dict, weights: dict, manifest_sha256: str, files) -> tuple[dict, str]:
+    """What a run is, and its SHA-256: parameters (:func:`identity_params`), starting weights
+    (kind and SHA-256 from ``weights``, a :func:`~xray_transfer.models.weights_provenance`
+    record), the dataset's manifest hash and the image files in order.
+
+    A resumed run and each of its folds must have the same identity as ``run.json``.
+    """
+    identity = {"params": identity_params(cfg), "weights": {k: weights[k] for k in ("kind", "sha256")},
+                "manifest_sha256": manifest_sha256, "files_sha256": _files_digest(files)}
+    return identity, hashlib.sha256(json.dumps(identity, sort_keys=True, default=_jsonable).encode()).hexdigest()
 
 
 def is_full_protocol(cfg: dict, n_images: int | None = None) -> bool:
@@ -142,7 +193,7 @@ def folds_drawn_again(run_dir) -> bool:
         rows = list(csv.DictReader(f))
     labels = np.array([int(r["label"]) for r in rows])
     groups = np.array([r["patient_id"] for r in rows]) if params.get("group_by_patient") else None
-    drawn = make_folds(labels, params["n_splits"], params["seed"], groups)
+    drawn = make_folds(labels, params["n_splits"], split_seed_of(params), groups)
     return bool(np.array_equal(drawn, [int(r["fold"]) for r in rows]))
 
 
@@ -176,6 +227,29 @@ def hide_lungs(images: np.ndarray, keep=0.15, frames=None) -> np.ndarray:
     return out
 
 
+def stretch_images(images: np.ndarray, manifest) -> np.ndarray:
+    """Every letterboxed image with its X-ray stretched to fill the frame (``resize="stretch"``),
+    with :func:`xray_transfer.preprocess.stretch_letterboxed`."""
+    from .preprocess import stretch_letterboxed
+    try:
+        sizes = [(int(r["original_width"]), int(r["original_height"])) for r in manifest]
+    except KeyError:
+        raise ValueError("resize='stretch' needs original_width and original_height in the manifest; rebuild "
+                         "the dataset with `make dataset`") from None
+    return np.stack([stretch_letterboxed(a, size) for a, size in zip(images, sizes)])
+
+
+def prepare_images(images: np.ndarray, manifest, cfg: dict) -> np.ndarray:
+    """The uint8 images a run trains on: resized as ``resize`` says, to ``image_size``, masked by ``image_mask``."""
+    if cfg.get("resize", "letterbox") == "stretch":
+        images = stretch_images(images, manifest)
+        # the X-ray now fills the image: hiding the lungs in its frame hides them in the image's
+        mask = "lungs_hidden" if cfg["image_mask"] == "lungs_hidden_in_frame" else cfg["image_mask"]
+    else:
+        mask = cfg["image_mask"]
+    return apply_image_mask(resize_images(images, cfg["image_size"]), mask, manifest)
+
+
 def apply_image_mask(images: np.ndarray, image_mask: str, manifest) -> np.ndarray:
     """The images a run trains on under ``image_mask`` (see :data:`IMAGE_MASKS`)."""
     if image_mask == "lungs_hidden":
@@ -197,6 +271,9 @@ def use_fast_path(cfg: dict) -> tuple[bool, str]:
     share = spec.cutoff / spec.n_layers
     if cfg["fast"] in (True, False):
         return bool(cfg["fast"]), f"forced by fast={cfg['fast']} ({share:.0%} of base layers frozen)"
+    if cfg.get("augment", "none") != "none":
+        return False, (f"augment={cfg['augment']!r} changes the images in every training step, so the frozen "
+                       "part's output does too")
     if cfg.get("batchnorm", "keras2") == "keras2" and has_frozen_batchnorm(cfg["backbone"]):
         return False, ("the frozen BatchNormalization layers normalise with each batch's statistics "
                        "(batchnorm='keras2'), so the frozen part's output changes from batch to batch")
@@ -206,14 +283,17 @@ def use_fast_path(cfg: dict) -> tuple[bool, str]:
 
 
 def frozen_key(cfg: dict, images: np.ndarray) -> str:
-    """What the fast path's frozen outputs depend on: backbone, initial weights, seed, size, pixels,
-    and whether frozen BatchNormalization layers use batch statistics ('keras2').
+    """What the fast path's frozen outputs depend on: backbone, initial weights, seed, size, pixels
+    (so also ``resize`` and ``image_mask``), ``scaling``, and whether frozen BatchNormalization
+    layers use batch statistics ('keras2').
 
-    Otherwise the BatchNorm mode, grouping, epochs and learning rate act above the cutoff only.
+    Otherwise the BatchNorm mode, grouping, epochs and learning rate act above the cutoff only;
+    ``augment`` other than "none" turns the fast path off (:func:`use_fast_path`).
     """
     keras2 = cfg["batchnorm"] == "keras2" and has_frozen_batchnorm(cfg["backbone"])
     h = hashlib.sha256(json.dumps([cfg["backbone"], cfg["weights"], cfg["seed"], list(cfg["image_size"]),
-                                   cfg["batch_size"], keras2, images.shape, str(images.dtype)]).encode())
+                                   cfg["batch_size"], keras2, cfg.get("scaling", "preprocess_input"),
+                                   images.shape, str(images.dtype)]).encode())
     h.update(np.ascontiguousarray(images).data)
     return h.hexdigest()
 
@@ -263,12 +343,16 @@ class Trainer:
         if self.fast:
             self._frozen, self.net = split_at_cutoff(self.model, self.spec.cutoff)
         else:
-            self.net = with_preprocessing(self.model, cfg["backbone"])
+            self.net = with_preprocessing(self.model, cfg["backbone"], scaling=cfg["scaling"],
+                                          augment=cfg["augment"], seed=cfg["seed"])
         self.net.compile(optimizer=keras.optimizers.Adam(cfg["learning_rate"]),
                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         self.net.optimizer.build(self.net.trainable_variables)
         self._init_model = [v.numpy() for v in self.model.variables]
         self._init_opt = [v.numpy() for v in self.net.optimizer.variables]
+        # the network's own state outside the model: the augmentation's random-number generators
+        self._extra = [v for v in self.net.variables if not any(v is w for w in self.model.variables)]
+        self._init_extra = [v.numpy() for v in self._extra]
         self.use_images(images, feature_store)
 
     def use_images(self, images: np.ndarray, feature_store: dict | None = None):
@@ -282,7 +366,7 @@ class Trainer:
             if key in (feature_store or {}):
                 self.inputs = feature_store[key]
             else:
-                feats = self._frozen.predict(preprocess_input(self.cfg["backbone"], images),
+                feats = self._frozen.predict(preprocess_input(self.cfg["backbone"], images, self.cfg["scaling"]),
                                              batch_size=self.cfg["batch_size"], verbose=0)
                 self.inputs = feats if isinstance(feats, list) else [feats]
                 if key is not None:
@@ -292,8 +376,10 @@ class Trainer:
         self.feature_seconds = time.perf_counter() - t0 if self.fast else 0.0
 
     def reset(self):
-        """Back to the initial weights, optimizer state and dropout seed."""
+        """Back to the initial weights, optimizer state, dropout seed and augmentation seeds."""
         for v, a in zip(self.model.variables, self._init_model):
+            v.assign(a)
+        for v, a in zip(self._extra, self._init_extra):
             v.assign(a)
         for v, a in zip(self.net.optimizer.variables, self._init_opt):
             v.assign(a)
@@ -359,7 +445,7 @@ class Trainer:
 
 
 #: Parameters that change neither the model a :class:`Trainer` builds nor how it trains a fold.
-RUN_ONLY_PARAMS = ("n_splits", "group_by_patient", "image_mask")
+RUN_ONLY_PARAMS = ("n_splits", "group_by_patient", "image_mask", "split_seed", "resize")
 
 
 def get_trainer(cfg: dict, images: np.ndarray, feature_store: dict | None = None,
@@ -399,13 +485,10 @@ def open_run(dataset, output_dir, **params) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     record_path = out / "run.json"
     groups = dataset.groups if cfg["group_by_patient"] else None
-    fold_of = make_folds(dataset.labels, cfg["n_splits"], cfg["seed"], groups)
+    fold_of = make_folds(dataset.labels, cfg["n_splits"], split_seed_of(cfg), groups)
     files = [r["file"] for r in dataset.manifest]
     weights = weights_provenance(cfg["weights"])
-    identity = {"params": {k: v for k, v in cfg.items() if k != "weights"},
-                "weights": {k: weights[k] for k in ("kind", "sha256")},
-                "manifest_sha256": dataset.manifest_sha256, "files_sha256": _files_digest(files)}
-    identity_sha256 = hashlib.sha256(json.dumps(identity, sort_keys=True, default=_jsonable).encode()).hexdigest()
+    identity, identity_sha256 = run_identity(cfg, weights, dataset.manifest_sha256, files)
     afresh = f"delete {out} (or choose another output folder) to start afresh"
     if not record_path.exists():
         stray = sorted(p.name for p in out.glob("fold-*.json"))
@@ -458,9 +541,8 @@ def open_run(dataset, output_dir, **params) -> dict:
 
 
 def run_images(dataset, cfg) -> np.ndarray:
-    """The images a run trains on: resized to its ``image_size`` and masked by its ``image_mask``."""
-    images = resize_images(dataset.images, cfg["image_size"])
-    return apply_image_mask(images, cfg["image_mask"], dataset.manifest)
+    """The images a run trains on (:func:`prepare_images`)."""
+    return prepare_images(dataset.images, dataset.manifest, cfg)
 
 
 def train_fold(dataset, run: dict, k: int, images=None, feature_store=None, trainer_store=None, progress=None,
@@ -673,8 +755,7 @@ def fit_final(dataset, model_path, progress=True, feature_store=None, trainer_st
     cfg = make_config(**params)
     model_path = Path(model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    images = resize_images(dataset.images, cfg["image_size"])
-    images = apply_image_mask(images, cfg["image_mask"], dataset.manifest)
+    images = prepare_images(dataset.images, dataset.manifest, cfg)
     trainer = get_trainer(cfg, images, feature_store, trainer_store)
     every = np.arange(len(dataset))
     bar = tqdm(total=cfg["epochs"], desc=f"{cfg['backbone']} on all images", unit="epoch",
