@@ -70,7 +70,7 @@ def row(name, run_dir, folds=None) -> dict:
     have = [f for f in run["folds"] if f["fold"] in want]
     run = {**run, "folds": have}
     prov = run_provenance(run)
-    out.update({k: ", ".join(prov[k]) for k in CONTEXT})
+    out.update({k: "; ".join(prov[k]) for k in CONTEXT})
     out.update(folds=len(have), complete=len(have) == len(want),
                status="complete" if len(have) == len(want) else f"{len(have)} of {len(want)} folds")
     if out["complete"]:

@@ -520,3 +520,45 @@ def verdict(runs, artifacts="artifacts", style="myst") -> list[str]:
         out.append("**What the accuracy measures.** " + " ".join(said)
                    + " These accuracies are not evidence of COVID-19 detection.")
     return out
+
+
+def qualifiers(runs, artifacts="artifacts", style="myst") -> dict:
+    """backbone -> links to the findings that qualify its Table 2 row, computed from the artifacts:
+    the paper audit where the paper's row holds a value its own table rules out; the BatchNorm
+    comparison where the backbone has frozen BatchNormalization layers and another mode was run
+    or its row collapsed; the lungs-hidden run and the adult X-rays where they exist for it."""
+    from . import audit, compare
+    from .results import paper_checks
+
+    art = Path(artifacts)
+    checks = paper_checks()
+    impossible = set(checks.loc[~checks["possible"], "backbone"])
+    adults = audit.committed_adult_calls(art / "audit", art / "models")
+    out = {}
+    for spec in TABLE1:
+        k, found = spec.key, []
+        if k in impossible:
+            found.append(link("paper-audit", "paper audit", style))
+        modes = compare.batchnorm_table(k, art)
+        if spec.frozen_batchnorm and (modes["folds"].iloc[1:].gt(0).any() or k in paper.ASTERISK):
+            found.append(link("batchnorm", "BatchNorm mode", style))
+        if (art / "audit" / f"lungs-hidden-in-frame-{k}" / "run.json").is_file():
+            found.append(link("lungs", "lungs hidden", style))
+        if k in adults and adults[k]["covid"] > adults[k]["images"] / 2:
+            found.append(link("adults", "adult X-rays", style))
+        out[k] = found
+    return out
+
+
+def context(row) -> str:
+    """Where a comparison row's run was made (:func:`compare.row`), in a few words:
+    'TensorFlow on CPU (2 cores), commit 74d9a0f'. Several values are joined with '+'."""
+    def device(d):
+        short = short_device(d)
+        return short.replace("CPU, ", "CPU (") + ")" if short.startswith("CPU, ") else short
+
+    def each(text, f):
+        return " + ".join(f(v.strip()) for v in text.split(";") if v.strip()) if text else DASH
+
+    return (f"{each(row.backend, backend_name)} on {each(row.device, device)}, "
+            f"commit {each(row.commit, lambda c: c[:7] + ('+dirty' if c.endswith('+dirty') else ''))}")
