@@ -408,8 +408,10 @@ def link(key, text, style="myst") -> str:
 
 
 def possessive(name: str) -> str:
-    """>>> possessive("VGG19"), possessive("Inception v3")
-    ("VGG19's", "Inception v3's")
+    """A network's name with "'s".
+
+    >>> possessive("Inception v3")
+    "Inception v3's"
     """
     return name + "'s"
 
