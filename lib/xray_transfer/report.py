@@ -496,7 +496,7 @@ def verdict(runs, artifacts="artifacts", style="myst") -> list[str]:
             worst = acc2.loc[(acc2["paper"] - acc2["bound"]).abs().idxmax()]
             text += (f" {possessive(name[worst['backbone']])} own sensitivity and specificity imply a 2-class "
                      f"accuracy of {worst['bound']:.2f} %, not {worst['paper']:.2f} %.")
-        out.append(text + f" ({link('paper-audit', 'Paper audit', style)}.)")
+        out.append(text[:-1] + f" ({link('paper-audit', 'paper audit', style)}).")
     # what the accuracy measures
     said = []
     hidden = {b: audit.run_summary(art / "audit" / f"lungs-hidden-in-frame-{b}")["pooled"] for b in ("vgg19", "mobilenet")}
