@@ -4,6 +4,7 @@ Some runs and models exist, others not: the chapter must show what exists, mark 
 missing as pending, and never put an unfinished run in a table. About a minute on 2 CPU cores.
 """
 import json
+import re
 from pathlib import Path
 
 import jupytext
@@ -41,6 +42,16 @@ def executed(tmp_path_factory):
                          backbone="mobilenet", image_mask="lungs_hidden_in_frame", **TINY)
     train.fit_final(ds, tmp / "models" / "mobilenet.keras", progress=False, backbone="mobilenet",
                     **{k: v for k, v in TINY.items() if k != "n_splits"})
+    # VGG19's model file is absent, but this page committed its predictions and its record names the
+    # same model: the page uses them. Inception v3 has neither: pending.
+    adults = audit.adult_non_covid(cxr)
+    (audit_dir / f"adult-non-covid-vgg19.csv").write_text("file,p_covid,p_normal,p_pneumonia,predicted,error\n" + "".join(
+        f"{k:03d}_{a['path'].name},1.0,0.0,0.0,covid,\n" for k, a in enumerate(adults)))
+    vgg_record = json.loads((tmp / "models" / "mobilenet.json").read_text())
+    vgg_record.update(model_sha256="1" * 64, model_file="vgg19.keras")
+    vgg_record["params"]["backbone"] = "vgg19"
+    (tmp / "models" / "vgg19.json").write_text(json.dumps(vgg_record))
+    (audit_dir / "audit-inputs.json").write_text(json.dumps({"runs": {}, "models": {"vgg19": "1" * 64}, "pending": []}))
     src = tmp / "audit.ipynb"
     jupytext.write(jupytext.read(CHAPTER), src)
     papermill.execute_notebook(
@@ -48,7 +59,7 @@ def executed(tmp_path_factory):
         progress_bar=False,
         parameters=dict(data_dir=str(cxr), dataset_dir=str(tmp / "dataset"), runs_dir=str(runs),
                         audit_dir=str(audit_dir), models_dir=str(tmp / "models"), output_dir=str(tmp / "out"),
-                        confound_backbones=["mobilenet", "vgg19"], saliency_backbone="mobilenet",
+                        records_dir=str(tmp / "models"), confound_backbones=["mobilenet", "vgg19", "inception_v3"], saliency_backbone="mobilenet",
                         saliency_per_class=1, batchnorm_backbones=["mobilenet"]))
     return {"nb": nbformat.read(tmp / "executed.ipynb", as_version=4), "tmp": tmp}
 
@@ -68,7 +79,8 @@ def test_audit_chapter_marks_missing_and_unfinished_runs_pending(executed):
     assert "VGG19's patient-grouped run is not complete yet (not run;" in shown
     assert "moves by" in shown
     assert "Not yet measured on the current runs" in shown
-    assert "make final-vgg19" in shown  # the missing final model is named
+    assert "make final-inception_v3" in shown  # the missing final model is named
+    assert "make final-vgg19" not in shown  # its committed predictions stand in for it
 
 
 def test_audit_chapter_prints_no_stray_values(executed):
@@ -112,19 +124,20 @@ def test_audit_page_records_what_it_read_and_a_check_sees_artifacts_move_on(exec
     tmp = executed["tmp"]
     record = json.loads((tmp / "out" / "audit-inputs.json").read_text())
     assert record["runs"]["audit/grouped-mobilenet"] == 2 and record["runs"]["audit/lungs-hidden-in-frame-mobilenet"] == 1
-    assert record["models"]["mobilenet"] and record["models"]["vgg19"] is None
+    assert record["models"]["mobilenet"] and record["models"]["inception_v3"] is None
+    assert record["models"]["vgg19"] == "1" * 64  # the committed predictions' model
     # what the page could not measure, in its own words, for the landing page
     assert any(p.startswith("MobileNet v1, lungs hidden") and "(1 of 2 folds)" in p for p in record["pending"])
-    assert any("make final-vgg19" in p for p in record["pending"])
+    assert any("make final-inception_v3" in p for p in record["pending"])
     assert audit.stale_inputs(record, tmp) == []  # the tree it read: nothing moved
     moved = json.loads(json.dumps(record))
     moved["runs"]["audit/lungs-hidden-in-frame-mobilenet"] = 0  # a fold landed after the page ran
     del moved["runs"]["audit/grouped-mobilenet"]  # an audit run the page never read
-    moved["models"]["vgg19"] = "0" * 64  # a model that is not there any more
+    moved["models"]["inception_v3"] = "0" * 64  # a model that is not there any more
     stale = audit.stale_inputs(moved, tmp)
     assert any("lungs-hidden-in-frame-mobilenet: the page read 0 folds, artifacts/ has 1" in s for s in stale)
     assert "audit/grouped-mobilenet: not read by the page" in stale
-    assert any(s.startswith("models/vgg19") for s in stale)
+    assert any(s.startswith("models/inception_v3") for s in stale)
 
 
 def test_a_run_on_folds_another_scikit_learn_drew_says_so_and_keeps_its_scores(executed, tmp_path):
@@ -141,3 +154,28 @@ def test_a_run_on_folds_another_scikit_learn_drew_says_so_and_keeps_its_scores(e
     summary = audit.run_summary(run)
     assert summary["status"] == "complete, on scikit-learn 1.7.2's folds"
     assert summary["pooled"] is not None  # a complete patient-grouped cross-validation all the same
+
+
+def test_audit_chapter_uses_committed_predictions_only_for_the_model_its_record_names(executed):
+    shown = "\n".join(notebook_texts(executed["nb"]))
+    n = len(audit.adult_non_covid(executed["tmp"] / "cxr"))
+    assert f"VGG19: {n} of {n} (100 %)" in shown  # every committed call is COVID-19
+    assert "The model files of VGG19 are not on the machine that executed this page" in shown
+    assert audit.committed_predictions("vgg19", executed["tmp"] / "audit", executed["tmp"] / "models")
+    # another model under the same name: its record no longer matches, so the predictions do not count
+    assert audit.committed_predictions("vgg19", executed["tmp"] / "audit", executed["tmp"] / "nowhere") is None
+    record = json.loads((executed["tmp"] / "models" / "vgg19.json").read_text())
+    other = executed["tmp"] / "other-models"
+    other.mkdir(exist_ok=True)
+    (other / "vgg19.json").write_text(json.dumps({**record, "model_sha256": "2" * 64}))
+    assert audit.committed_predictions("vgg19", executed["tmp"] / "audit", other) is None
+
+
+def test_saliency_says_how_many_wrong_calls_are_the_batchnorm_artefact(executed):
+    shown = "\n".join(notebook_texts(executed["nb"]))
+    m = re.search(r"calls (\d+) of its (\d+) training images wrong when it is scored as usual, with its "
+                  r"BatchNormalization moving averages, and (\d+) with the batch statistics", shown)
+    assert m, "the saliency section does not say how many wrong calls remain with batch statistics"
+    # the same numbers as section 5's table, which the page computes from the same calls
+    assert f"With its moving averages it calls {m.group(1)} of its {m.group(2)} training images wrong; with batch " \
+           f"statistics, {m.group(3)}." in shown

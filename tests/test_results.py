@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from xray_transfer import paper
+from xray_transfer import report
 from xray_transfer import results as R
 from xray_transfer.models import OFFLINE_WEIGHTS, TABLE1
 
@@ -261,7 +262,7 @@ def test_display_tables_mark_not_run(synthetic_runs):
     d2 = R.table2_display(R.table2(runs), runs)
     xception = d2.iloc[12:16]  # four metric rows per network, in Table 1 order
     assert xception.iloc[0]["Network: initialisation"] == "Xception: not run"
-    assert (xception["Ours (%)"] == R.DASH).all() and xception.iloc[3]["Paper (%)"] == "99.99*"
+    assert (xception["Ours (%)"] == R.DASH).all() and xception.iloc[3]["Paper (%)"] == "99.99\\*" + report.IMPOSSIBLE
     mobilenet = d2.iloc[4:8].set_index("Metric")
     assert mobilenet.loc["sensitivity", "Ours (%)"] == "66.7"
     assert mobilenet.loc["2-class accuracy", "Difference (pp)"] == "\u221222.4"
@@ -398,3 +399,87 @@ def test_learning_summary_one_class_predictor(tmp_path):
     assert learn.loc["xception", "heldout_accuracy_half"] == 0.5 and learn.loc["xception", "heldout_accuracy_final"] == 0.6
 
 
+
+
+# --------------------------------------------------------------------------- the paper against itself
+def test_paper_bounds_match_the_hand_computed_values():
+    """224 COVID-19 images of 1428: a missed COVID-19 image is a 3-class error too."""
+    assert round(R.accuracy3_cap(12.94), 1) == 86.3  # 1 - (224/1428)(1 - 0.1294)
+    assert round(R.accuracy3_cap(0.08), 1) == round(R.accuracy3_cap(0.01), 1) == 84.3
+    assert R.accuracy3_cap(100) == pytest.approx(100) and R.accuracy3_cap(0) == pytest.approx(100 * 1204 / 1428)
+    assert round(R.implied_accuracy2(0.08, 99.99), 2) == 84.32  # Xception's own row
+    # VGG19's Table 2 figures imply the abstract's 2-class accuracy (its Table 2 prints its specificity)
+    assert round(R.implied_accuracy2(92.85, 98.75), 2) == pytest.approx(paper.ABSTRACT_ACCURACY, abs=0.01)
+    assert R.rate_possible(12.94, 224) and R.rate_possible(92.85, 224)  # 29/224, 208/224, cut to 2 decimals
+    assert not R.rate_possible(0.08, 224) and not R.rate_possible(0.01, 224) and R.rate_possible(0.0, 224)
+
+
+def test_paper_checks_flag_exactly_the_cells_the_table_rules_out():
+    checks = R.paper_checks().set_index(["backbone", "metric"])
+    bad = set(checks.index[~checks["possible"]])
+    for b in ("inception_v3", "xception", "inception_resnet_v2"):
+        assert (b, "accuracy_3class") in bad  # 92.85 % above each cap
+    assert {("xception", "sensitivity"), ("inception_resnet_v2", "sensitivity")} <= bad
+    assert ("vgg19", "accuracy_2class") in bad and ("xception", "accuracy_2class") in bad
+    assert not any(b == "mobilenet" for b, _ in bad)  # the consistent row
+    assert ("inception_v3", "sensitivity") not in bad and ("vgg19", "accuracy_3class") not in bad
+    assert checks.loc[("inception_v3", "accuracy_3class"), "why"] == "above the 86.3 % that its sensitivity of 12.94 % allows"
+    # a consistent synthetic table passes every check
+    fine = {"x": {"accuracy_2class": 100 * (100 + 1000) / 1428, "accuracy_3class": 80.0,
+                  "sensitivity": 100 * 100 / 224, "specificity": 100 * 1000 / 1204}}
+    fine["x"] = {k: float(f"{v:.2f}") for k, v in fine["x"].items()}
+    assert R.paper_checks(fine)["possible"].all()
+
+
+def test_largest_gaps_rank_only_values_the_paper_allows():
+    t2 = R.table2(R.load_runs(RUNS))
+    allowed = R.largest_gaps(t2, n=20, allowed_only=True)
+    every = R.largest_gaps(t2, n=20)
+    impossible = {(R.get_backbone(r.backbone).name, R.METRIC_NAMES[r.metric])
+                  for r in R.paper_checks().itertuples() if not r.possible}
+    assert not {(net, m) for net, m, *_ in allowed} & impossible
+    assert {(net, m) for net, m, *_ in every} & impossible  # without the filter, impossible values would rank
+
+
+def test_verdict_is_computed_from_the_artifacts():
+    runs = R.load_runs(RUNS)
+    said = report.verdict(runs, REPO / "artifacts", style="md")
+    text = " ".join(said)
+    t2 = R.table2(runs).set_index("backbone")
+    assert "caps 3-class accuracy at 86.3 %" in text and "caps it at 84.3 %" in text
+    assert "imply a 2-class accuracy of 84.32 %, not 85.57 %" in text
+    for b in ("inception_v3", "xception", "inception_resnet_v2"):
+        assert R.pct(t2.loc[b, 'sensitivity_ours']) in said[1]
+    calls = json.loads((REPO / "artifacts" / "audit" / "audit-inputs.json").read_text())["models"]
+    if calls.get("vgg19"):
+        assert "not evidence of COVID-19 detection" in text
+
+
+def test_verdict_says_the_collapse_is_untested_until_its_runs_exist(tmp_path):
+    """The cross-backend and BatchNorm runs of the collapsed backbones decide the sentence."""
+    from xray_transfer import compare
+
+    art = tmp_path / "artifacts"
+    shutil.copytree(REPO / "artifacts" / "runs", art / "runs")
+    missing = compare.collapse_untested(art)
+    assert len(missing) == 3 and "cross-backend check of Xception" in missing[-1]
+    text = " ".join(report.verdict(R.load_runs(art / "runs"), art, style="md"))
+    assert "the cause of the collapse is untested" in text
+    # the runs land: both collapsed backbones in inference mode, Xception's folds 0-1 on TensorFlow
+    for b, sub in (("xception", "batchnorm-inference"), ("inception_resnet_v2", "batchnorm-inference"),
+                   ("xception", "backend-tensorflow")):
+        dest = art / "robustness" / b
+        make_run(dest, b, FOLDS, manifest=R.manifest(json.loads((RUNS / b / "run.json").read_text())))
+        (dest / b).rename(dest / sub)
+    assert compare.collapse_untested(art) == []
+    assert "untested" not in " ".join(report.verdict(R.load_runs(art / "runs"), art, style="md"))
+
+
+def test_run_provenance_reads_each_folds_backend_device_and_commit(tmp_path):
+    run_dir = make_run(tmp_path, "mobilenet", FOLDS, commit="aaaaaaa")
+    fold = json.loads((run_dir / "fold-01.json").read_text())
+    fold.update(backend="tensorflow", device="cpu: Test CPU x2", git={"commit": "bbbbbbb", "dirty": False})
+    (run_dir / "fold-01.json").write_text(json.dumps(fold))
+    prov = R.run_provenance(R.load_run(run_dir))
+    assert prov == {"backend": ["jax", "tensorflow"], "device": ["cpu: Test CPU x2", "gpu: Test GPU"],
+                    "commit": ["aaaaaaa", "bbbbbbb"]}

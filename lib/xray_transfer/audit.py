@@ -187,3 +187,40 @@ def stale_inputs(record: dict, artifacts="artifacts") -> list[str]:
         if now != sha:
             stale.append(f"models/{backbone}: the page read {sha and sha[:12]}, artifacts/ has {now and now[:12]}")
     return stale
+
+
+def committed_predictions(backbone, audit_dir="artifacts/audit", records_dir="artifacts/models"):
+    """The committed ``adult-non-covid-<backbone>.csv`` and the model record it came from, or None.
+
+    Used where the model file itself is absent. The predictions count only when the audit page
+    that wrote them recorded (in ``audit-inputs.json``) the same model SHA-256 as
+    ``records_dir/<backbone>.json`` holds: the committed calls are then that model's.
+
+    Returns ``(csv_path, record)`` or None.
+    """
+    audit_dir, records_dir = Path(audit_dir), Path(records_dir)
+    csv_path, rec_path, inputs = (audit_dir / f"adult-non-covid-{backbone}.csv", records_dir / f"{backbone}.json",
+                                  audit_dir / "audit-inputs.json")
+    if not (csv_path.is_file() and rec_path.is_file() and inputs.is_file()):
+        return None
+    record = json.loads(rec_path.read_text())
+    read = json.loads(inputs.read_text()).get("models", {}).get(backbone)
+    return (csv_path, record) if read and read == record.get("model_sha256") else None
+
+
+def committed_adult_calls(audit_dir="artifacts/audit", records_dir="artifacts/models") -> dict:
+    """backbone -> counts of the committed calls on the adult X-rays without COVID-19
+    (``images`` and one count per class), for every backbone whose predictions match its
+    model record (:func:`committed_predictions`)."""
+    from .data import CLASSES
+    from .models import TABLE1
+
+    out = {}
+    for spec in TABLE1:
+        found = committed_predictions(spec.key, audit_dir, records_dir)
+        if found is None:
+            continue
+        with open(found[0], newline="") as f:
+            called = [r["predicted"] for r in csv.DictReader(f)]
+        out[spec.key] = {"images": len(called), **{c: called.count(c) for c in CLASSES}}
+    return out

@@ -1,4 +1,5 @@
-"""Tables 1-3 of the paper, rebuilt from the committed run artifacts, beside the published values.
+"""The arithmetic of Tables 1-3: runs loaded from the committed artifacts, pooled beside the
+published values, and the paper's table checked against itself.
 
 Reads ``artifacts/runs/<backbone>/`` (``run.json`` and ``fold-XX.json``) only: no
 data, no Keras, no GPU. Only *complete* runs (every fold finished) give numbers; an
@@ -7,7 +8,11 @@ unfinished run is a row saying "k of 10 folds", a missing one "not run", and the
 different datasets (manifest SHA-256) or from a different weights policy:
 :func:`one_generation` refuses them, naming the runs.
 
-Command line::
+How the numbers are shown (Markdown tables, sentences, the README block, the at-a-glance
+figure) lives in :mod:`xray_transfer.report`; its names are also reachable here
+(``results.pct``, ``results.md_table``, ...) for code written before the split.
+
+Command line (:func:`xray_transfer.report.main`)::
 
     python -m xray_transfer.results --write   # regenerate results/table{1,2,3}.csv, the README block
     python -m xray_transfer.results --check   # exit 1 if those are stale
@@ -15,12 +20,10 @@ Command line::
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -36,16 +39,11 @@ ORDER = tuple(b.key for b in TABLE1)
 METRICS = ("accuracy_2class", "accuracy_3class", "sensitivity", "specificity")
 METRIC_NAMES = {"accuracy_2class": "2-class accuracy", "accuracy_3class": "3-class accuracy",
                 "sensitivity": "sensitivity", "specificity": "specificity"}
-#: What the paper's asterisk means (its Table 2 footnote, in our words).
-ASTERISK_NOTE = ("* marked by the authors: high specificity that is not acceptable in real life, "
-                 "because of the class imbalance (the network rarely predicts COVID-19)")
 NOT_RUN = "not run"
 NOT_COMPLETE = "not complete"
 #: Float format of the CSV files: fixed decimals keep --write byte-stable.
 FLOAT_FORMAT = "%.4f"
 TABLE_FILES = ("table1.csv", "table2.csv", "table3.csv")
-#: Markers of the generated block of README.md (headline numbers).
-README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 # --------------------------------------------------------------------------- loading
@@ -125,6 +123,23 @@ def folds_label(run) -> str:
 def initialisation(run) -> str:
     """How the run's backbone was initialised, in the reader's words (:func:`models.init_label`)."""
     return "" if run is None else init_label(run["record"].get("weights"))
+
+
+def run_provenance(run) -> dict:
+    """Where a run's folds were made: the sets of Keras backends, devices and git commits.
+
+    Each fold record names its backend and device, and newer ones their commit (a resumed
+    run's later folds can come from later commits than ``run.json``'s); a fold that does not
+    is taken to share ``run.json``'s. Returns ``{"backend", "device", "commit"}``, each a
+    sorted list (one element when every fold agrees); empty lists for ``None``.
+    """
+    if run is None:
+        return {"backend": [], "device": [], "commit": []}
+    env = run["record"].get("environment") or {}
+    made = [(f.get("backend") or env.get("backend", ""), f.get("device") or env.get("device", ""),
+             commit({"environment": {"git": f["git"]}}) if f.get("git") else commit(run["record"]))
+            for f in run["folds"]] or [(env.get("backend", ""), env.get("device", ""), commit(run["record"]))]
+    return {k: sorted({m[i] for m in made}) for i, k in enumerate(("backend", "device", "commit"))}
 
 
 def commit(record) -> str:
@@ -386,206 +401,103 @@ def weights_table() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# --------------------------------------------------------------------------- display helpers
-DASH = "\u2013"
+def largest_gaps(t2: pd.DataFrame, n=3, allowed_only=False) -> list[tuple]:
+    """The ``n`` largest |ours - paper| differences of complete runs: (network, metric, ours, paper, diff).
 
-
-def pct(value, sign=False) -> str:
-    """Percent with one decimal, or a dash for a missing value.
-
-    >>> pct(97.774), pct(-3.09, sign=True), pct(float("nan"))
-    ('97.8', '−3.1', '–')
+    ``allowed_only=True`` ranks only the paper's values that its own table allows
+    (:func:`paper_checks`): a difference from a value the paper could not have measured
+    says nothing about the reproduction.
     """
-    if value is None or pd.isna(value):
-        return DASH
-    text = f"{value:+.1f}" if sign else f"{value:.1f}"
-    return text.replace("-", "\u2212")
-
-
-def duration(seconds) -> str:
-    """A time for people: seconds under two minutes, minutes under two hours, else hours.
-
-    >>> duration(91.8), duration(1168), duration(7917)
-    ('92 s', '19 min', '2.2 h')
-    """
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def short_hash(sha, n=12) -> str:
-    """A long hash shortened for a table cell, as git shortens commits: its first ``n`` characters.
-
-    >>> short_hash("5b3032734b2c671a168233ff664d1646dd8e42324e9dbffe5b8bfc0b9ed0f971")
-    '5b3032734b2c'
-    """
-    return sha[:n] if sha else DASH
-
-
-def breakable(name: str) -> str:
-    """A long file name that a table cell may wrap after '_' and '.' (HTML ``<wbr>``).
-
-    >>> breakable("a_b.h5")
-    'a_<wbr>b.<wbr>h5'
-    """
-    return re.sub(r"([_.])", r"\1<wbr>", name)
-
-
-def _cell(value) -> str:
-    """A table cell: a dash for a missing value, a blank for an empty string (a grouped row)."""
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return DASH
-    return (str(value) or "\u00a0").replace("\n", " ")
-
-
-def md_table(df: pd.DataFrame, caption: str, name: str, notes=(), widths=None) -> str:
-    """A MyST ``list-table`` (numbered "Table n.m" by Sphinx, referable as ``{numref}`name```)
-    with the DataFrame's columns as one header row, and notes below it.
-
-    Missing values become a dash; give a note that says what the dash means.
-    """
-    lines = [f":::{{list-table}} {caption}", f":name: {name}", ":header-rows: 1", ":class: xray-table"]
-    if widths:
-        lines.append(f":widths: {' '.join(str(w) for w in widths)}")
-    lines.append("")
-    for row in [list(df.columns)] + df.values.tolist():
-        lines.append(f"* - {_cell(row[0])}")
-        lines.extend(f"  - {_cell(v)}" for v in row[1:])
-    lines.append(":::")
-    if notes:
-        lines.append("")
-        lines.append(":::{div} table-notes")
-        lines.extend(notes)
-        lines.append(":::")
-    return "\n".join(lines) + "\n"
-
-
-def glance_display(t2: pd.DataFrame) -> pd.DataFrame:
-    """The five-row table at a glance: per network its initialisation and 'ours / paper'
-    for the four metrics (percent; the paper's as printed)."""
-    out = pd.DataFrame({"Network": t2["network"], "Initialisation": t2["initialisation"].replace("", NOT_RUN)})
-    for k in METRICS:
-        out[f"{METRIC_NAMES[k].capitalize()} (%)"] = [
-            f"{pct(r[f'{k}_ours'])} / {r[f'{k}_paper']:.2f}" for _, r in t2.iterrows()]
-    return out
-
-
-def table2_display(t2: pd.DataFrame, runs=None) -> pd.DataFrame:
-    """Table 2 for reading, one row per network and metric: ours, its 95 % interval, the
-    per-fold SD, the paper's value and the difference, in percent with one decimal.
-    Unfinished runs show a dash and say how many folds are done."""
-    rows = []
-    for _, r in t2.iterrows():
-        run = (runs or {}).get(r["backbone"])
-        for i, k in enumerate(METRICS):
-            first = i == 0
-            done = not pd.isna(r[f"{k}_ours"])
-            who = f"{r['network']}: {r['initialisation'] or NOT_RUN}" if first else ""
-            if first and not done and run is not None:
-                who += f" ({folds_label(run)})"
-            rows.append({"Network: initialisation": who, "Metric": METRIC_NAMES[k],
-                         "Ours (%)": pct(r[f"{k}_ours"]),
-                         "95 % interval": f"{pct(r[f'{k}_ci_low'])}{DASH}{pct(r[f'{k}_ci_high'])}" if done else DASH,
-                         "Fold SD (pp)": pct(r[f"{k}_fold_sd"]),
-                         "Paper (%)": f"{r[f'{k}_paper']:.2f}" + (r["paper_asterisk"] if k == "specificity" else ""),
-                         "Difference (pp)": pct(r[f"{k}_diff_pp"], sign=True)})
-    return pd.DataFrame(rows)
-
-
-def table1_display(t1: pd.DataFrame) -> pd.DataFrame:
-    """Table 1 for reading: one row per setting (paper, then ours), one column per network;
-    a dash where a backbone has no run."""
-    settings = [("weights", "Initial weights"), ("cutoff", "Layer cutoff"), ("classifier", "Classifier"),
-                ("dropout", "Dropout"), ("optimizer", "Optimizer"), ("learning_rate", "Learning rate"),
-                ("epochs", "Epochs"), ("batch_size", "Batch size"), ("input_size", "Input size (HxW)"),
-                ("pooling", "Pooling"), ("folds", "Cross-validation folds")]
-    rows = []
-    for key, label in settings:
-        for who in ("paper", "ours"):
-            rows.append({"Setting": label if who == "paper" else "", "Source": who,
-                         **{n: DASH if pd.isna(v) or v == "" else str(v)
-                            for n, v in zip(t1["network"], t1[f"{key}_{who}"])}})
-    return pd.DataFrame(rows)
-
-
-def table3_display(t3: pd.DataFrame) -> pd.DataFrame:
-    """Table 3 for reading: per network ours, then the paper's TP, FP, TN, FN and total."""
-    rows = []
-    for _, r in t3.iterrows():
-        for who in ("ours", "paper"):
-            rows.append({"Network": r["network"] if who == "ours" else "", "Source": who,
-                         **{k if k != "n" else "Images": DASH if pd.isna(r[f"{k}_{who}"]) else str(int(r[f"{k}_{who}"]))
-                            for k in ("TP", "FP", "TN", "FN", "n")}})
-    return pd.DataFrame(rows)
-
-
-def comparison_display(cmp: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """How each row moved, as two tables that fit a column: the initialisation of each
-    generation, and 'earlier → now (change)' per metric."""
-    inits = pd.DataFrame({"Network": cmp["network"], "Earlier initialisation": cmp["initialisation_earlier"],
-                          "Current initialisation": cmp["initialisation_now"]})
-    moved = pd.DataFrame({"Network": cmp["network"]})
-    for k in METRICS:
-        moved[f"{METRIC_NAMES[k].capitalize()} (%)"] = [
-            f"{pct(r[f'{k}_earlier'])} \u2192 {pct(r[f'{k}_now'])} ({pct(r[f'{k}_change_pp'], sign=True)})"
-            for _, r in cmp.iterrows()]
-    return inits, moved
-
-
-def largest_gaps(t2: pd.DataFrame, n=3) -> list[tuple]:
-    """The ``n`` largest |ours - paper| differences of complete runs: (network, metric, ours, paper, diff)."""
+    bad = set() if not allowed_only else {
+        (r.backbone, r.metric) for r in paper_checks().itertuples() if not r.possible}
     gaps = [(r["network"], METRIC_NAMES[k], r[f"{k}_ours"], r[f"{k}_paper"], r[f"{k}_diff_pp"])
-            for _, r in t2.iterrows() for k in METRICS if not pd.isna(r[f"{k}_diff_pp"])]
+            for _, r in t2.iterrows() for k in METRICS
+            if not pd.isna(r[f"{k}_diff_pp"]) and (r["backbone"], k) not in bad]
     return sorted(gaps, key=lambda g: -abs(g[4]))[:n]
 
 
-def headline(t2: pd.DataFrame, runs, folds=True) -> str:
-    """Sentences that state what the tables show, generated from their numbers: how many
-    runs are complete, and the largest differences from the paper first. ``folds=False``
-    leaves out the folds done of unfinished runs (for files that change only when a run
-    completes)."""
-    done = [r["network"] for _, r in t2.iterrows() if not pd.isna(r["accuracy_3class_ours"])]
-    pending = [get_backbone(k).name + (f" ({folds_label(r)})" if folds else "")
-               for k, r in runs.items() if not is_complete(r)]
-    missing = [s.name for s in TABLE1 if s.key not in runs]
-    out = [f"{len(done)} of {len(TABLE1)} backbones {'has' if len(done) == 1 else 'have'} a complete re-run"
-           + (f" ({listing(done)})." if done else ".")]
-    if pending:
-        out.append(f"Still running: {listing(pending)}; these rows show only the paper's values until every "
-                   "fold is done.")
-    if missing:
-        out.append(f"Not started: {listing(missing)}.")
-    gaps = largest_gaps(t2)
-    if gaps:
-        out.append("Largest differences from the paper: " + "; ".join(
-            f"{net} {metric} {pct(ours)} % against {pub:.2f} % ({pct(d, sign=True)} pp)"
-            for net, metric, ours, pub, d in gaps) + ".")
-    return " ".join(out)
+# --------------------------------------------------------------------------- the paper against itself
+#: Decimals the paper prints its percentages with (Table 2).
+PAPER_DECIMALS = 2
 
 
-def complete_phrase(n_complete: int) -> str:
-    """How many of the five backbones have a complete run, as the start of a sentence.
+def accuracy3_cap(sensitivity, n_covid=None, n=None) -> float:
+    """The highest 3-class accuracy (percent) that a COVID-19 sensitivity (percent) allows.
 
-    >>> complete_phrase(5), complete_phrase(3), complete_phrase(1)
-    ('All five backbones have', '3 of the five backbones have', '1 of the five backbones has')
+    Every COVID-19 image the network misses is also a 3-class error, so at most
+    ``1 - (n_covid / n)(1 - s)`` of the images can be right. Defaults: the paper's
+    class sizes (224 COVID-19 images of 1428).
+
+    >>> round(accuracy3_cap(12.94), 1), round(accuracy3_cap(0.08), 1)
+    (86.3, 84.3)
     """
-    if n_complete == len(TABLE1):
-        return "All five backbones have"
-    return f"{n_complete} of the five backbones {'has' if n_complete == 1 else 'have'}"
+    n_covid = paper.COUNTS["covid"] if n_covid is None else n_covid
+    n = sum(paper.COUNTS.values()) if n is None else n
+    return 100 * (1 - n_covid / n * (1 - sensitivity / 100))
 
 
-def listing(items) -> str:
-    """'a', 'a and b', 'a, b and c'.
+def implied_accuracy2(sensitivity, specificity, n_covid=None, n=None) -> float:
+    """The 2-class accuracy (percent) that a sensitivity and a specificity (percent) imply:
+    the share of all images called right, ``(s n_covid + sp (n - n_covid)) / n``.
 
-    >>> listing(["a", "b", "c"])
-    'a, b and c'
+    >>> round(implied_accuracy2(0.08, 99.99), 2)   # Xception's row of the paper's Table 2
+    84.32
     """
-    items = list(items)
-    if not items:
-        return "none"
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+    n_covid = paper.COUNTS["covid"] if n_covid is None else n_covid
+    n = sum(paper.COUNTS.values()) if n is None else n
+    return (sensitivity * n_covid + specificity * (n - n_covid)) / n
+
+
+def rate_possible(value, n, decimals=PAPER_DECIMALS) -> bool:
+    """Whether a printed percentage can be k/n for a whole number k of ``n`` images, rounded or
+    cut to ``decimals`` (so within one last printed digit of it).
+
+    >>> rate_possible(12.94, 224), rate_possible(0.08, 224), rate_possible(99.83, 1204)
+    (True, False, True)
+    """
+    step = 10.0 ** -decimals
+    k = value * n / 100
+    return any(0 <= j <= n and abs(100 * j / n - value) < step - 1e-9 for j in (math.floor(k), math.ceil(k)))
+
+
+def paper_checks(table2=None, counts=None) -> pd.DataFrame:
+    """Every cell of the paper's Table 2 checked against the rest of its row and its class sizes.
+
+    A cell is impossible (``possible`` False, ``why`` says which rule) when:
+
+    - a sensitivity or specificity is not a whole number of images out of the COVID-19
+      (or other) images, to the printed decimals (:func:`rate_possible`);
+    - a 3-class accuracy is above :func:`accuracy3_cap` of the row's sensitivity;
+    - a 2-class accuracy differs from :func:`implied_accuracy2` of the row's sensitivity and
+      specificity by more than the printing can explain (two last digits).
+
+    Returns one row per backbone and metric: ``backbone``, ``metric``, ``paper``, ``bound``
+    (the cap or the implied value where a rule gives one, else NaN), ``possible``, ``why``.
+    """
+    table2 = paper.TABLE2 if table2 is None else table2
+    counts = paper.COUNTS if counts is None else counts
+    n_covid, n = counts["covid"], sum(counts.values())
+    step = 10.0 ** -PAPER_DECIMALS
+    rows = []
+    for key, v in table2.items():
+        s, sp = v["sensitivity"], v["specificity"]
+        cap = accuracy3_cap(s, n_covid, n)
+        implied = implied_accuracy2(s, sp, n_covid, n)
+        checks = {
+            "sensitivity": (math.nan, rate_possible(s, n_covid),
+                            f"not a whole number of the {n_covid} COVID-19 images"),
+            "specificity": (math.nan, rate_possible(sp, n - n_covid),
+                            f"not a whole number of the {n - n_covid} other images"),
+            "accuracy_3class": (cap, v["accuracy_3class"] <= cap + step,
+                                f"above the {cap:.1f} % that its sensitivity of {s:.2f} % allows"),
+            "accuracy_2class": (implied, abs(v["accuracy_2class"] - implied) <= 2 * step,
+                                f"its sensitivity and specificity imply {implied:.2f} %"),
+        }
+        for metric in METRICS:
+            bound, ok, why = checks[metric]
+            rows.append({"backbone": key, "metric": metric, "paper": v[metric], "bound": bound,
+                         "possible": bool(ok), "why": "" if ok else why})
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------- learning curves, cost
@@ -697,141 +609,27 @@ def render(runs) -> dict:
             "table3.csv": to_csv(table3(runs))}
 
 
-def readme_block(runs) -> str:
-    """The README's headline block: the at-a-glance figure, the generated summary and the
-    five-row table (Markdown), between :data:`README_START` and :data:`README_END`."""
-    t2 = table2(runs)
-    table = glance_display(t2)
-    head = "| " + " | ".join(table.columns) + " |\n| " + " | ".join("---" for _ in table.columns) + " |\n"
-    body = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in table.values.tolist())
-    return (f"{README_START}\n![Results at a glance](book/images/at_a_glance.png)\n\n"
-            f"{headline(t2, runs, folds=False)}\n\n"
-            f"{head}{body}\nOurs / the paper's value, in percent; ours pooled over the ten held-out folds of each complete run, "
-            f"{DASH} where a run is not complete. Generated from `artifacts/runs` by `make results`.\n{README_END}")
+# --------------------------------------------------------------------------- presentation, moved
+#: Names that moved to :mod:`xray_transfer.report` when the arithmetic and the display were split.
+MOVED_TO_REPORT = (
+    "ASTERISK_NOTE", "README_START", "README_END", "DASH", "pct", "duration", "short_hash", "breakable", "md_table",
+    "glance_display", "table2_display", "table1_display", "table3_display", "comparison_display", "headline",
+    "complete_phrase", "listing", "readme_block", "with_readme_block", "glance_stamp", "write_glance", "write",
+    "check", "main", "verdict")
 
 
-def with_readme_block(text, block, path="README.md") -> str:
-    """``text`` with its generated block replaced by ``block``."""
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{path} has no {README_START} ... {README_END} block to hold the headline numbers")
-    before, rest = text.split(README_START, 1)
-    return before + block + rest.split(README_END, 1)[1]
+def __getattr__(name):
+    """``results.pct`` and the other display names still work: they live in :mod:`.report`."""
+    if name in MOVED_TO_REPORT:
+        from . import report
 
-
-def glance_stamp(runs) -> str:
-    """What the at-a-glance figure was drawn from: the SHA-256 of Table 2's CSV text."""
-    import hashlib
-
-    return "table2.csv sha256 " + hashlib.sha256(to_csv(table2(runs)).encode()).hexdigest()
-
-
-def write_glance(runs_root="artifacts/runs", path="book/images/at_a_glance.png") -> Path:
-    """Draw the at-a-glance forest plot of the complete runs into a 200-dpi PNG stamped
-    with :func:`glance_stamp` (so that ``--check`` can tell when it is stale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .plots import plot_forest
-
-    runs = load_runs(runs_root)
-    fig = plot_forest(table2(runs))  # no folds-done labels: the file changes only when a run completes
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=200, metadata={"Software": None, "Description": glance_stamp(runs)})
-    plt.close(fig)
-    tmp.replace(path)
-    return path
-
-
-def write(runs_root="artifacts/runs", out="results", readme="README.md") -> list[Path]:
-    """Write results/table{1,2,3}.csv and the README's headline block from the run artifacts."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    runs = load_runs(runs_root)
-    paths = []
-    for name, text in render(runs).items():
-        (out / name).write_text(text)
-        paths.append(out / name)
-    if readme and Path(readme).is_file():
-        readme = Path(readme)
-        readme.write_text(with_readme_block(readme.read_text(), readme_block(runs), readme))
-        paths.append(readme)
-    return paths
-
-
-def _first_difference(have, want) -> str:
-    old, new = have.splitlines(), want.splitlines()
-    line = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
-    return (f"first at line {line + 1}: file {old[line] if line < len(old) else '<end>'!r} vs "
-            f"artifacts {new[line] if line < len(new) else '<end>'!r}")
-
-
-def check(runs_root="artifacts/runs", out="results", readme="README.md", glance=None) -> list[str]:
-    """Problems that make results/*.csv, the README block or the glance figure differ from
-    the artifacts (empty list when up to date). ``readme``/``glance`` None: not checked."""
-    problems = []
-    runs = load_runs(runs_root)
-    for name, text in render(runs).items():
-        path = Path(out) / name
-        if not path.is_file():
-            problems.append(f"{path} is missing")
-            continue
-        have = path.read_text()
-        if have != text:
-            problems.append(f"{path} differs from the artifacts in {runs_root} ({_first_difference(have, text)})")
-    if readme and Path(readme).is_file():
-        text = Path(readme).read_text()
-        try:
-            want = with_readme_block(text, readme_block(runs), readme)
-        except ValueError as e:
-            problems.append(str(e))
-        else:
-            if want != text:
-                problems.append(f"{readme}'s headline block differs from the artifacts ({_first_difference(text, want)})")
-    if glance:
-        from PIL import Image
-
-        path = Path(glance)
-        stamp = Image.open(path).text.get("Description") if path.is_file() else None
-        if stamp != glance_stamp(runs):
-            problems.append(f"{path} is missing or was drawn from other runs (run python -m xray_transfer.results "
-                            f"--glance {path})")
-    return problems
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m xray_transfer.results", description=__doc__.splitlines()[0])
-    mode = ap.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--write", action="store_true", help="regenerate the CSV files and the README block")
-    mode.add_argument("--check", action="store_true", help="fail if the CSV files or the README block are stale")
-    mode.add_argument("--glance", metavar="PNG", help="draw the at-a-glance figure into PNG")
-    ap.add_argument("--runs", default="artifacts/runs", help="run artifacts folder (default %(default)s)")
-    ap.add_argument("--out", default="results", help="CSV folder (default %(default)s)")
-    ap.add_argument("--readme", default="README.md", help="README holding the headline block (default %(default)s)")
-    args = ap.parse_args(argv)
-    try:
-        if args.glance:
-            print(f"wrote {write_glance(args.runs, args.glance)}")
-            return 0
-        if args.write:
-            for p in write(args.runs, args.out, args.readme):
-                print(f"wrote {p}")
-            return 0
-        problems = check(args.runs, args.out, args.readme)
-    except (MixedRunsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if problems:
-        print("results are stale:\n  " + "\n  ".join(problems)
-              + "\nRun `make results` (python -m xray_transfer.results --write) and commit results/ and README.md.",
-              file=sys.stderr)
-        return 1
-    print(f"{', '.join(TABLE_FILES)} in {args.out} and {args.readme} match the artifacts in {args.runs}")
-    return 0
+        return getattr(report, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import sys
+
+    from .report import main as _main
+
+    sys.exit(_main())
