@@ -26,6 +26,10 @@ DATASET=${DATASET:-$REPO/data/dataset}
 export PYTHONPATH="$HERE/lib${PYTHONPATH:+:$PYTHONPATH}" XRAY_WEIGHTS_DIR=${XRAY_WEIGHTS_DIR:-$(cd "$HERE/.." && pwd)/shared/weights}
 export TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
 
+nbpath() {  # a path as the chapters' kernel (working folder notebooks/) sees it: relative, no machine path
+  realpath -m --relative-to="$HERE/notebooks" "$1"
+}
+
 commit() {  # commit these paths in REPO, retrying while another git command holds the index
   [ "${COMMIT:-0}" = 1 ] || return 0
   local msg=$1; shift
@@ -75,9 +79,9 @@ audit_page() {  # execute the audit chapter on REPO's runs and models into REPO/
   local nb="$HERE/_build/papermill/audit-$$-$RANDOM.ipynb" tmp="$REPO/artifacts/audit/.audit.tmp.ipynb"
   mkdir -p "$HERE/_build/papermill" "$REPO/artifacts/audit"
   "$BIN/jupytext" --to ipynb -o "$nb" "$HERE/notebooks/audit.md" >/dev/null &&
-  "$BIN/xray-transfer" execute --cwd "$HERE/notebooks" "$nb" "$tmp" -p output_dir "$REPO/artifacts/audit" \
-    -p dataset_dir "$DATASET" -p runs_dir "$REPO/artifacts/runs" -p audit_dir "$REPO/artifacts/audit" \
-    -p models_dir "$REPO/data/models" >/dev/null 2>&1 &&
+  "$BIN/xray-transfer" execute --cwd "$HERE/notebooks" "$nb" "$tmp" -p output_dir "$(nbpath "$REPO/artifacts/audit")" \
+    -p dataset_dir "$(nbpath "$DATASET")" -p runs_dir "$(nbpath "$REPO/artifacts/runs")" \
+    -p audit_dir "$(nbpath "$REPO/artifacts/audit")" -p models_dir "$(nbpath "$REPO/data/models")" >/dev/null 2>&1 &&
   mv "$tmp" "$REPO/artifacts/audit/audit.ipynb" || { echo "audit chapter failed: see $tmp" >&2; return 1; }
   AUDIT_PAGE=(artifacts/audit/audit.ipynb artifacts/audit/audit-inputs.json)
   AUDIT_PAGE+=($(cd "$REPO" && ls artifacts/audit/adult-non-covid-*.csv 2>/dev/null))
@@ -90,7 +94,7 @@ render() {  # render OUTDIR [-p NAME VALUE ...]: execute the training chapter in
   mkdir -p "$HERE/_build/papermill"
   "$BIN/jupytext" --to ipynb -o "$nb" "$HERE/notebooks/training.md" >/dev/null &&
   "$BIN/papermill" --cwd "$HERE/notebooks" --no-progress-bar "$nb" "$out/.training.tmp.ipynb" \
-    -p output_dir "$out" -p dataset_dir "$DATASET" "$@" >/dev/null &&
+    -p output_dir "$(nbpath "$out")" -p dataset_dir "$(nbpath "$DATASET")" "$@" >/dev/null &&
   mv "$out/.training.tmp.ipynb" "$out/training.ipynb"
 }
 

@@ -111,3 +111,16 @@ def test_current_audit_page_shows_no_library_warnings():
     shown = [t for c in page["cells"] for o in c.get("outputs", []) for t in ["".join(o.get("text", ""))]
              if "WARNING:tensorflow" in t]
     assert not shown, shown[0][:300]
+
+
+def test_no_committed_artifact_names_a_machine_path():
+    """Records keep paths relative to the repository or to $XRAY_DATA_DIR / $XRAY_WEIGHTS_DIR:
+    a reader's clone has no /work/main, and the book shows some of these records."""
+    from xray_transfer.provenance import MACHINE_PATH
+
+    found = []
+    for path in sorted(ART.rglob("*")):
+        if path.is_file() and path.suffix in (".json", ".ipynb", ".csv", ".jsonl", ".txt", ".md"):
+            for m in MACHINE_PATH.finditer(path.read_text(errors="replace")):
+                found.append(f"{path.relative_to(REPO)}: {m.group(0)}")
+    assert not found, f"{len(found)} machine path(s) in artifacts/:\n" + "\n".join(found[:20])

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from .preprocess import ImageReadError, OUTPUT_SIZE, letterbox, read_image
-from .provenance import git_commit, versions
+from .provenance import git_commit, portable_path, versions
 
 #: Class names in label order (label 0 is the positive class of the 2-class metrics).
 CLASSES = ("covid", "normal", "pneumonia")
@@ -365,7 +365,7 @@ def assemble(data_dir=None, out_dir="data/dataset", size=OUTPUT_SIZE, counts=Non
             w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
             w.writeheader()
             w.writerows(rows)
-        info = {"data_dir": str(root), "size": list(size), "counts": counts, "asked": asked,
+        info = {"data_dir": portable_path(root), "size": list(size), "counts": counts, "asked": asked,
                 "shortfall": {k: asked[k] - counts[k] for k in asked if counts[k] < asked[k]},
                 "eligible": {k: len(v) for k, v in cands.items()},
                 "selection": "per class, first n by SHA-256 of '<collection>/<file name without extension>' (draw_key)",

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import sha256_file
+from .provenance import portable_path
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ def weights_provenance(weights) -> dict:
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     missing = card.get("missing_tensors")
     partial = bool(missing) or ".partial." in path.name
-    record = {"requested": str(weights), "kind": "partial imagenet file" if partial else "file",
+    record = {"requested": portable_path(weights), "kind": "partial imagenet file" if partial else "file",
               "file": path.name, "sha256": sha256_file(path), "complete_imagenet": False if partial else None,
               "missing_tensors": missing, "missing_parameters": card.get("missing_parameters"),
               "dequantized_tensors": card.get("dequantized_tensors"),

@@ -399,7 +399,7 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, featur
     from tqdm import tqdm
 
     from .metrics import confusion
-    from .provenance import environment
+    from .provenance import environment, portable_path
 
     cfg = make_config(**params)
     out = Path(output_dir)
@@ -435,7 +435,7 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, featur
             raise RunMismatch(f"{out} has fold files ({', '.join(stray[:3])}) but no run.json, so their "
                               f"parameters are unknown; {afresh}")
         counts = np.bincount(dataset.labels, minlength=3).tolist()
-        record = {"params": cfg, "identity": identity, "identity_sha256": identity_sha256, "notes": DEFAULT_NOTES,
+        record = {"params": {**cfg, "weights": portable_path(cfg["weights"])}, "identity": identity, "identity_sha256": identity_sha256, "notes": DEFAULT_NOTES,
                   "full_protocol": is_full_protocol(cfg, len(dataset)),
                   "dataset": {"manifest_sha256": dataset.manifest_sha256, "n_images": len(dataset),
                               "counts": counts},
@@ -521,7 +521,7 @@ def fit_final(dataset, model_path, progress=True, feature_store=None, trainer_st
     from tqdm import tqdm
 
     from .data import sha256_file
-    from .provenance import environment
+    from .provenance import environment, portable_path
 
     cfg = make_config(**params)
     model_path = Path(model_path)
@@ -538,7 +538,7 @@ def fit_final(dataset, model_path, progress=True, feature_store=None, trainer_st
     tmp = model_path.with_name(f".{model_path.stem}.tmp{os.getpid()}.keras")
     trainer.model.save(tmp)
     os.replace(tmp, model_path)
-    record = {"params": cfg, "model_file": model_path.name, "model_sha256": sha256_file(model_path),
+    record = {"params": {**cfg, "weights": portable_path(cfg["weights"])}, "model_file": model_path.name, "model_sha256": sha256_file(model_path),
               "model_bytes": model_path.stat().st_size, "fit_seconds": time.perf_counter() - t0,
               "history": {k: v for k, v in res["history"].items() if not k.startswith("test_")},
               "dataset": {"manifest_sha256": dataset.manifest_sha256, "n_images": len(dataset),
