@@ -93,8 +93,8 @@ render() {  # render OUTDIR [-p NAME VALUE ...]: execute the training chapter in
   local nb="$HERE/_build/papermill/training-$$-$RANDOM.ipynb"
   mkdir -p "$HERE/_build/papermill"
   "$BIN/jupytext" --to ipynb -o "$nb" "$HERE/notebooks/training.md" >/dev/null &&
-  "$BIN/papermill" --cwd "$HERE/notebooks" --no-progress-bar "$nb" "$out/.training.tmp.ipynb" \
-    -p output_dir "$(nbpath "$out")" -p dataset_dir "$(nbpath "$DATASET")" "$@" >/dev/null &&
+  "$BIN/xray-transfer" execute --cwd "$HERE/notebooks" "$nb" "$out/.training.tmp.ipynb" \
+    -p output_dir "$(nbpath "$out")" -p dataset_dir "$(nbpath "$DATASET")" "$@" >/dev/null 2>&1 &&
   mv "$out/.training.tmp.ipynb" "$out/training.ipynb"
 }
 
