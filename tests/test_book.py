@@ -305,12 +305,7 @@ def test_current_audit_page_shows_the_batchnorm_comparison(book):
 # --------------------------------------------------------------------------- every page, as a reader sees it
 #: Pages whose committed outputs cannot be re-rendered here, and the checks they are excused
 #: from, with the reason. Nothing else is skipped.
-EXCUSED = {
-    "artifacts/earlier-1426/audit/audit.html": (
-        {"caption"},
-        "committed executed notebook of the earlier runs: it needs data and models that are not here, so its "
-        "tables cannot be given captions until the audit is re-made"),
-}
+EXCUSED: dict = {}
 #: Generated tables that cannot carry a caption: myst-nb's execution-statistics table.
 UNCAPTIONED_CLASSES = ("nb-exec-table",)
 
