@@ -44,7 +44,7 @@ class TrainingDiverged(FloatingPointError):
 
 class RunMismatch(ValueError):
     """A run folder holds files of another run; the message says how to start afresh."""
-#: "lungs_hidden": black out all but a border of the 266x200 image (letterbox bands included);
+#: "lungs_hidden": black out all but a border of the 200x266 image (letterbox bands included);
 #: "lungs_hidden_in_frame": the same within each X-ray's own frame, so the kept border is X-ray.
 IMAGE_MASKS = ("none", "lungs_hidden", "lungs_hidden_in_frame")
 PROTOCOL = dict(n_splits=10, epochs=10, batch_size=64, image_size=(200, 266))
