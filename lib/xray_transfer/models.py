@@ -176,7 +176,8 @@ class WeightsUnavailable(RuntimeError):
 
 
 def weights_provenance(weights) -> dict:
-    """Describe a ``weights`` argument: kind, file, SHA-256, and what a JSON card beside it says.
+    """Describe a ``weights`` argument: kind, file, SHA-256, and what the JSON file of the same name
+    beside it (its description: missing and quantized tensors, origin) says.
 
     ``weights`` is ``"none"``, ``"imagenet"`` (Keras' own download) or a path to a
     Keras ``.weights.h5`` file of the base (include_top=False).
