@@ -46,13 +46,14 @@ pack: $(STAMP)  ## pack the dataset cache into data/dataset.npz (to carry to a G
 
 # Execute a chapter with papermill: make run CH=dataset, or
 # make run CH=training OUT=artifacts/runs/vgg19 ARGS="-p backbone vgg19"
-# (`xray-transfer execute` runs papermill after refusing a parameter the chapter lacks, e.g. -p epoch 1)
+# (`xray-transfer execute` runs papermill after refusing a parameter the chapter lacks, e.g. -p epoch 1).
+# The kernel runs in notebooks/, so a relative OUT is passed as ../OUT: no machine path in the page.
 CH ?= training
 OUT ?= artifacts/$(CH)
 run: $(STAMP)  ## execute notebooks/$(CH).md with papermill into $(OUT)/$(CH).ipynb
 	mkdir -p $(OUT) _build/papermill
 	$(BIN)/jupytext --to ipynb -o _build/papermill/$(CH).ipynb notebooks/$(CH).md
-	$(BIN)/xray-transfer execute --cwd notebooks _build/papermill/$(CH).ipynb $(OUT)/$(CH).ipynb -p output_dir $(abspath $(OUT)) $(ARGS)
+	$(BIN)/xray-transfer execute --cwd notebooks _build/papermill/$(CH).ipynb $(OUT)/$(CH).ipynb -p output_dir $(if $(filter /%,$(OUT)),$(OUT),../$(OUT)) $(ARGS)
 
 # Initial weights: "offline" takes the ImageNet file registered per backbone in
 # lib/xray_transfer/models.py (OFFLINE_WEIGHTS) from $(WEIGHTS_DIR), or random where none

@@ -130,3 +130,16 @@ def test_every_committed_runs_identity_is_recomputed_unchanged():
         identity, sha = train.run_identity(cfg, rec["weights"], rec["dataset"]["manifest_sha256"], files)
         assert identity["params"] == rec["identity"]["params"], path
         assert sha == rec["identity_sha256"], path
+
+
+def test_no_committed_artifact_names_a_machine_path():
+    """Records keep paths relative to the repository or to $XRAY_DATA_DIR / $XRAY_WEIGHTS_DIR:
+    a reader's clone has no /work/main, and the book shows some of these records."""
+    from xray_transfer.provenance import MACHINE_PATH
+
+    found = []
+    for path in sorted(ART.rglob("*")):
+        if path.is_file() and path.suffix in (".json", ".ipynb", ".csv", ".jsonl", ".txt", ".md"):
+            for m in MACHINE_PATH.finditer(path.read_text(errors="replace")):
+                found.append(f"{path.relative_to(REPO)}: {m.group(0)}")
+    assert not found, f"{len(found)} machine path(s) in artifacts/:\n" + "\n".join(found[:20])

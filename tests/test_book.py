@@ -370,8 +370,9 @@ def test_fair_comparison_page_gives_backend_device_and_commit_per_row(book):
 EXCUSED = {
     "artifacts/earlier-1426/audit/audit.html": (
         {"caption"},
-        "committed executed notebook of the earlier runs: it needs data and models that are not here, so its "
-        "tables cannot be given captions until the audit is re-made"),
+        "committed executed notebook of the earlier runs (its data and models are gone): its DataFrame outputs "
+        "are captioned from the committed outputs, but its prerequisites table and two glued score tables are "
+        "not yet"),
 }
 #: Generated tables that cannot carry a caption: myst-nb's execution-statistics table.
 UNCAPTIONED_CLASSES = ("nb-exec-table",)
@@ -391,6 +392,13 @@ CHECK_SCRIPT = """
         if (w > width + 2 && !el.closest("svg svg"))
           out.wide.push(el.tagName.toLowerCase() + "." + (el.className.baseVal !== undefined ? el.className.baseVal : el.className)
                         + " " + Math.round(w) + " px > " + width + " px: " + (el.innerText || "").slice(0, 80));
+      });
+      // a visible code block (or output) whose longest line is wider than the column scrolls sideways
+      art.querySelectorAll("pre").forEach(function (el) {
+        // (code folded away by hide-input is in the page but not shown: its innerText is empty)
+        if (el.getClientRects().length && (el.innerText || "").trim() && el.scrollWidth > el.clientWidth + 2)
+          out.wide.push("code block " + el.scrollWidth + " px > " + el.clientWidth + " px: "
+                        + (el.innerText || "").split("\\n").sort(function (a, b) { return b.length - a.length; })[0].slice(0, 80));
       });
       art.querySelectorAll("table").forEach(function (t) {
         t.querySelectorAll("td, th").forEach(function (c) {
@@ -413,6 +421,24 @@ CHECK_SCRIPT = """
 })();
 </script>
 """
+
+
+def page_source(page: Path) -> Path | None:
+    """The repository file a built page was made from (``.ipynb`` or ``.md``)."""
+    rel = page.relative_to(HTML).with_suffix("")
+    for ext in (".ipynb", ".md"):
+        if (REPO / rel).with_suffix(ext).is_file():
+            return (REPO / rel).with_suffix(ext)
+    return None
+
+
+def holds_code(source: Path) -> bool:
+    """Whether a page's source has a code cell (papermill's injected parameters not counted)."""
+    if source.suffix == ".md":
+        return "```{code-cell}" in source.read_text()
+    import nbformat
+
+    return bool(code_cells(nbformat.read(source, as_version=4)))
 
 
 def built_pages():
@@ -465,8 +491,8 @@ def test_training_pages_rendered_from_the_current_chapter():
 
 def test_every_page_reads_well_in_a_browser(book, chromium, tmp_path):
     """Every page of the built book, in headless Chromium: nothing wider than the article
-    column, no table cell cut with '...' or showing NaN/None, every table captioned
-    "Table n.m", no raw LaTeX in the text, and no two pages with the same title.
+    column (visible code blocks included), no table cell cut with '...' or showing NaN/None,
+    every table captioned "Table n", no raw LaTeX in the text, and no two pages with the same title.
 
     Training pages executed from an older training chapter are left to
     test_training_pages_rendered_from_the_current_chapter, which fails for them."""
@@ -511,3 +537,67 @@ def test_robustness_page_shows_curves_effects_verdicts_and_what_it_lacks(book):
     missing_table = next(t for t in page.tables if "Runs not complete" in t)
     assert all(label in missing_table for label in lacking["label"]), "a run the grid lacks is not named"
     assert "{glue:" not in text and "{numref}" not in text
+
+
+# --------------------------------------------------------------------------- what a reader should not meet
+def page_text(page: Path) -> str:
+    """All text of a built page, hidden cells included (a reader can unfold them), without tags."""
+    text = re.sub(r"<(script|style)\b.*?</\1>", " ", page.read_text(errors="replace"), flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", " ", text))
+
+
+def machine_paths(text: str) -> list[str]:
+    """Absolute paths of some machine in ``text``. ``/tmp/...`` in a command is a scratch folder any
+    reader's machine has, so it is not one."""
+    from xray_transfer.provenance import MACHINE_PATH
+
+    return [m.group(0) for m in MACHINE_PATH.finditer(text) if not m.group(0).startswith("/tmp/")]
+
+
+def test_no_page_shows_a_machine_path(book):
+    """No page, hidden cells included, names a path of the machine that built it (/work/main/...):
+    records and parameters are relative to the repository or to $XRAY_DATA_DIR / $XRAY_WEIGHTS_DIR."""
+    found = [f"{p.relative_to(HTML)}: {m}" for p in built_pages() for m in machine_paths(page_text(p))]
+    assert not found, f"{len(found)} machine path(s):\n" + "\n".join(found[:20])
+
+
+class Bibliography(HTMLParser):
+    """The ids of the bibliography entries of the references page."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.entries = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if a.get("id") and (a.get("role") == "doc-biblioentry" or "citation" in (a.get("class") or "").split()):
+            self.entries.append(a["id"])
+
+
+def test_every_bibliography_entry_is_cited(book):
+    """The references page lists every entry of references.bib (``:all:``); each must be cited
+    by some page, i.e. some page links to its entry."""
+    refs = (HTML / "book" / "references.html").resolve()
+    bib = Bibliography()
+    bib.feed(refs.read_text())
+    assert bib.entries, "no bibliography entries found on the references page"
+    cited = set()
+    for page in built_pages():
+        for link in parse(page.read_text(errors="replace")).links:
+            if internal(link):
+                target, anchor = resolve(page, link)
+                if target == refs and anchor:
+                    cited.add(anchor)
+    uncited = [e for e in bib.entries if e not in cited]
+    assert not uncited, (f"{len(uncited)} bibliography entr(y/ies) cited by no page (cite them where they "
+                         f"matter or drop them from book/references.bib): {uncited}")
+
+
+def test_status_page_lists_every_page_with_code(book):
+    """The status page links to every built page whose source holds code."""
+    status = (HTML / "book" / "status.html").resolve()
+    listed = {resolve(status, link)[0] for link in parse(status.read_text()).links if internal(link)}
+    with_code = [p for p in built_pages() if (src := page_source(p)) is not None and holds_code(src)]
+    assert len(with_code) >= 10
+    missing = [str(p.relative_to(HTML)) for p in with_code if p.resolve() not in listed and p.resolve() != status]
+    assert not missing, "pages with code missing from the status page: " + ", ".join(missing)

@@ -230,6 +230,9 @@ def test_execute_runs_the_chapter_with_papermill_types(tmp_path, capsys):
     assert status == 0, err
     out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     assert "(6, '7')" in out.cells[-1].outputs[0]["text"]
+    # the status page shows from which commit each committed page was executed
+    from xray_transfer.provenance import git_commit
+    assert out.metadata["xray"]["git_commit"] == git_commit()["commit"]
 
 
 def test_execute_reports_a_failing_cell_in_one_message(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Tests of xray_transfer.models: Table 1 as built (cutoffs, heads), the fast-path split, weights."""
 import hashlib
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -159,6 +160,23 @@ def test_weights_provenance_records_file_hash_and_card(base_weights_file):
     assert prov["missing_parameters"] == 864 and prov["origin"] == "test fixture"
     assert prov["kind"] == "partial imagenet file" and prov["complete_imagenet"] is False
     assert prov["sha256"] == plain["sha256"]
+
+
+def test_weights_provenance_names_the_file_without_a_machine_path(base_weights_file, monkeypatch):
+    """A record says where its weights came from as ``$XRAY_WEIGHTS_DIR/<file>``, not as this
+    machine's absolute path (a reader's clone has neither ``/work`` nor this tmp folder)."""
+    from xray_transfer.provenance import MACHINE_PATH, portable_path
+
+    path, _ = base_weights_file
+    monkeypatch.setenv("XRAY_WEIGHTS_DIR", str(path.parent))
+    assert models.weights_provenance(str(path))["requested"] == "$XRAY_WEIGHTS_DIR/x.weights.h5"
+    monkeypatch.delenv("XRAY_WEIGHTS_DIR")
+    assert models.weights_provenance(str(path))["requested"] == "x.weights.h5"  # elsewhere: the name only
+    repo = Path(models.__file__).resolve().parents[2]
+    assert portable_path(repo / "artifacts" / "runs" / "vgg19") == "artifacts/runs/vgg19"
+    assert portable_path("../data/dataset") == "../data/dataset" and portable_path("none") == "none"
+    assert MACHINE_PATH.search("weights: /work/shared/weights/x.h5")
+    assert not MACHINE_PATH.search("https://github.com/work/x and $XRAY_DATA_DIR/cohen and ../data/dataset")
 
 
 def test_weights_provenance_of_none_and_imagenet():

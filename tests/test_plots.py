@@ -78,3 +78,25 @@ def test_confusion_grid_and_roc_panels():
     assert ax.get_title() == "A\nAUC 0.900 (0.850\u20130.950)"
     paper = [line for line in ax.get_lines() if line.get_marker() == "x"][0]
     assert paper.get_xdata()[0] == pytest.approx(100 - 98.75) and paper.get_ydata()[0] == 92.85
+
+
+def test_saliency_grid_labels_each_row_and_keeps_text_readable():
+    """One row per group of calls, labelled; titles at 9 pt or more on a figure no wider than
+    the book's column (so the text is not shrunk on the page)."""
+    from xray_transfer.plots import plot_saliency_grid
+
+    img = np.zeros((20, 26, 3), np.uint8)
+    sal = np.random.default_rng(0).uniform(-1, 1, (20, 26))
+    mask = np.zeros((20, 26), bool)
+    mask[5:15, 6:20] = True
+    cases = [(img, "COVID-19, right", "COVID-19", "COVID-19"), (img, "COVID-19, wrong", "COVID-19", "normal"),
+             (img, "COVID-19, wrong", "COVID-19", "pneumonia")]
+    fig = plot_saliency_grid(cases, [sal] * 3, [mask] * 3)
+    assert fig.get_size_inches()[0] <= 7.5
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert labels == ["COVID-19\nright", "COVID-19\nwrong"]
+    titles = [ax.title for ax in fig.axes if ax.get_title()]
+    assert [t.get_text() for t in titles] == ["COVID-19 \u2192 COVID-19", "COVID-19 \u2192 normal",
+                                              "COVID-19 \u2192 pneumonia"]
+    assert min(t.get_fontsize() for t in titles) >= 9
+    assert min(ax.yaxis.label.get_fontsize() for ax in fig.axes if ax.get_ylabel()) >= 9

@@ -93,3 +93,15 @@ def test_training_chapter_reports_an_unfinished_run_without_training(executed, t
     shown = "\n".join(notebook_texts(nbformat.read(tmp_path / "out.ipynb", as_version=4)))
     assert "Unfinished run: 0 of 2 folds done" in shown and "No fold has finished yet" in shown
     assert not list(run.glob("fold-*.json"))
+
+
+def test_training_chapter_says_when_the_model_never_predicts_covid(executed):
+    """A collapsed run (no held-out image called COVID-19) says so and points to the audit's
+    BatchNorm section; any other run says how many images it called COVID-19."""
+    folds = train.load_folds(executed["run"])
+    called = int(np.asarray(metrics.pooled(folds)["confusion"])[:, data.CLASSES.index("covid")].sum())
+    shown = "\n".join(notebook_texts(executed["nb"]))
+    assert ("never predicts COVID-19" in shown) == (called == 0)
+    assert ("audit-batchnorm" in shown) == (called == 0)
+    if called:
+        assert f"{called:,} were called COVID-19" in shown

@@ -2,7 +2,8 @@
 
 Papermill only warns about an unknown name (``-p epoch 1``) and runs the chapter with
 its defaults; here that is an error listing the names the chapter takes. ``make run``
-goes through :func:`execute` (as ``xray-transfer execute``).
+goes through :func:`execute` (as ``xray-transfer execute``), which also records the git
+commit of the executing code in the executed notebook's metadata.
 """
 from __future__ import annotations
 
@@ -80,6 +81,7 @@ def execute(notebook, output, parameters=(), raw=(), cwd=None) -> Path:
     except papermill.PapermillExecutionError as err:
         raise ChapterFailed(f"{notebook}: cell {err.exec_count} raised {err.ename}: {err.evalue}; the executed "
                             f"notebook {output} shows the traceback") from None
+    record_commit(output)
     return output
 
 
@@ -90,3 +92,20 @@ def _is_notebook(path) -> bool:
         return True
     except Exception:  # nbformat raises JSON, validation or reading errors of several kinds
         return False
+
+
+def record_commit(output) -> None:
+    """Write the git commit of the executing code into the notebook's metadata (``xray.git_commit``,
+    ``xray.git_dirty``), which the book's status page shows."""
+    import json
+    import os
+
+    from .provenance import git_commit
+
+    output = Path(output)
+    nb = json.loads(output.read_text())
+    git = git_commit()
+    nb.setdefault("metadata", {})["xray"] = {"git_commit": git["commit"], "git_dirty": git["dirty"]}
+    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    os.replace(tmp, output)

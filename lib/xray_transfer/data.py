@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image
 
 from .preprocess import IMAGE_SUFFIXES, ImageReadError, OUTPUT_SIZE, letterbox, read_image
-from .provenance import git_commit, versions
+from .provenance import git_commit, portable_path, versions
 
 #: Class names in label order (label 0 is the positive class of the 2-class metrics).
 CLASSES = ("covid", "normal", "pneumonia")
@@ -505,7 +505,7 @@ def assemble(data_dir=None, out_dir="data/dataset", size=OUTPUT_SIZE, counts=Non
         selection = ("per class, first n by SHA-256 of '<collection>/<file name without extension>' (draw_key)"
                      if listed is None else f"the images listed in {select_from} "
                      f"(SHA-256 {sha256_file(select_from)}), in its order")
-        info = {"data_dir": str(root), "size": list(size), "counts": counts, "asked": asked,
+        info = {"data_dir": portable_path(root), "size": list(size), "counts": counts, "asked": asked,
                 "shortfall": {k: asked[k] - counts[k] for k in asked if counts[k] < asked[k]},
                 "eligible": eligible, "selection": selection,
                 "skipped": skipped, "manifest_sha256": manifest_hash(tmp / "manifest.csv"),

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import sha256_file
+from .provenance import portable_path
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,8 @@ class WeightsUnavailable(RuntimeError):
 
 
 def weights_provenance(weights) -> dict:
-    """Describe a ``weights`` argument: kind, file, SHA-256, and what a JSON card beside it says.
+    """Describe a ``weights`` argument: kind, file, SHA-256, and what the JSON file of the same name
+    beside it (its description: missing and quantized tensors, origin) says.
 
     ``weights`` is ``"none"``, ``"imagenet"`` (Keras' own download) or a path to a
     Keras ``.weights.h5`` file of the base (include_top=False).
@@ -244,7 +246,7 @@ def weights_provenance(weights) -> dict:
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     missing = card.get("missing_tensors")
     partial = bool(missing) or ".partial." in path.name
-    record = {"requested": str(weights), "kind": "partial imagenet file" if partial else "file",
+    record = {"requested": portable_path(weights), "kind": "partial imagenet file" if partial else "file",
               "file": path.name, "sha256": sha256_file(path), "complete_imagenet": False if partial else None,
               "missing_tensors": missing, "missing_parameters": card.get("missing_parameters"),
               "dequantized_tensors": card.get("dequantized_tensors"),

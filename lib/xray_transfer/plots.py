@@ -204,3 +204,52 @@ def plot_roc(curves, names, paper_points=None, width=7.4, ncols=3):
                    loc="lower center", ncol=2, frameon=False)
         fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
+
+
+def plot_saliency_grid(cases, maps, masks, width=7.4, max_per_row=4):
+    """Occlusion maps over their X-rays, one labelled row per group of calls.
+
+    Parameters
+    ----------
+    cases : sequence of tuples
+        ``(image, group, true, called, ...)`` per image: the uint8 image (H, W, 3), the
+        group it belongs to (the row label, e.g. "COVID-19, wrong"), and the true and
+        called class as words.
+    maps, masks : sequences of (H, W) arrays
+        Per case, the occlusion map (:func:`xray_transfer.saliency.occlusion_map`) and the
+        central region (:func:`xray_transfer.saliency.central_mask`), outlined in cyan.
+    width : float, default 7.4
+        Figure width in inches: the book's column, so 9 pt text stays 9 pt on the page.
+    max_per_row : int, default 4
+        Images shown per group.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys(case[1] for case in cases))
+    n = max(1, min(max_per_row, max((sum(case[1] == g for case in cases) for g in groups), default=1)))
+    rows = max(1, len(groups))
+    panel = width / (n + 0.55)  # room on the left for the row labels
+    with plt.rc_context({"font.size": 10, "axes.titlesize": 9, "axes.labelsize": 10}):
+        aspect = cases[0][0].shape[0] / cases[0][0].shape[1] if cases else 0.75
+        fig, axes = plt.subplots(rows, n, figsize=(width, (panel * aspect + 0.3) * rows + 0.1), squeeze=False)
+        for r, group in enumerate(groups):
+            row = [(case, m, mask) for case, m, mask in zip(cases, maps, masks) if case[1] == group][:n]
+            for k, ax in enumerate(axes[r]):
+                ax.set_xticks([]), ax.set_yticks([])
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+                if k == 0:
+                    ax.set_ylabel(group.replace(", ", "\n"), rotation=0, ha="right", va="center", labelpad=6)
+                if k >= len(row):
+                    continue
+                (img, _, true, call, *_), m, mask = row[k]
+                ax.imshow(img, cmap="gray")
+                ax.imshow(np.clip(m, 0, None), cmap="Reds", alpha=0.5, vmin=0, vmax=max(float(np.max(m)), 1e-6))
+                ax.contour(mask, levels=[0.5], colors="cyan", linewidths=0.8)
+                ax.set_title(f"{true} \u2192 {call}")
+        fig.tight_layout(pad=0.3, w_pad=0.3, h_pad=0.6)
+    return fig

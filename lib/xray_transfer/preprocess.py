@@ -56,7 +56,7 @@ def read_image(path) -> Image.Image:
             return to_rgb(im)
     except Image.DecompressionBombError as err:
         raise ImageReadError(f"{path}: image too large to read safely ({err}); downscale it (the dataset "
-                             "uses 266x200) or remove it") from None
+                             "uses 200x266) or remove it") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not a readable image (unknown format); re-download it or remove it") from None
     except (OSError, SyntaxError) as err:
@@ -137,7 +137,7 @@ def xray_frame(image_size, size=OUTPUT_SIZE) -> tuple[float, float, float, float
 
     Everything outside this box is the black band added by :func:`letterbox`.
 
-    >>> [round(v, 3) for v in xray_frame((100, 100))]  # square X-ray, 266x200: bands left and right
+    >>> [round(v, 3) for v in xray_frame((100, 100))]  # square X-ray, 200x266: bands left and right
     [0.12, 0.0, 0.872, 1.0]
     """
     w, h = image_size

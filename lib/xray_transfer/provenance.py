@@ -6,19 +6,26 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
 
 #: Set on machines without the git history (a GPU machine gets a copy of the tree).
 COMMIT_ENV = "XRAY_GIT_COMMIT"
+#: Folders a record names by their environment variable instead of their machine path.
+PATH_ENVS = ("XRAY_WEIGHTS_DIR", "XRAY_DATA_DIR")
+REPO = Path(__file__).resolve().parents[2]
+#: An absolute path of some machine (``/work/...``, ``/home/...``, ``C:\\Users\\...``); URLs do not match.
+MACHINE_PATH = re.compile(r"(?<![\w.~:/$-])/(?:work|home|tmp|root|Users|mnt|scratch|srv|opt|var|data)/[\w.-]+"
+                          r"|\b[A-Z]:\\\\?Users\\")
 PACKAGES = ("keras", "tensorflow-cpu", "tensorflow", "jax", "jaxlib", "torch", "numpy",
             "scikit-learn", "pillow", "xray-transfer")
 
 
 def git_commit(repo=None) -> dict:
     """HEAD commit and whether tracked files differ from it; ``$XRAY_GIT_COMMIT`` where git is absent."""
-    repo = repo or Path(__file__).resolve().parents[2]
+    repo = repo or REPO
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                              check=True).stdout.strip()
@@ -28,6 +35,39 @@ def git_commit(repo=None) -> dict:
     except (OSError, subprocess.CalledProcessError):
         sha = os.environ.get(COMMIT_ENV)
         return {"commit": sha or "unknown", "dirty": None, "source": COMMIT_ENV if sha else "unavailable"}
+
+
+def portable_path(path, envs=PATH_ENVS, repo=REPO) -> str:
+    """``path`` as a record stores it: relative to the repository, or under ``$XRAY_WEIGHTS_DIR``
+    or ``$XRAY_DATA_DIR``, never as this machine's absolute path.
+
+    A path inside a folder named by one of ``envs`` becomes ``$NAME/rest``; one inside the
+    repository becomes relative to it; any other absolute path keeps only its file name
+    (the record's hashes identify the file). Words such as ``"none"`` pass unchanged.
+
+    Examples
+    --------
+    >>> portable_path("/elsewhere/w/vgg19.weights.h5", envs=(), repo=Path("/r"))
+    'vgg19.weights.h5'
+    >>> portable_path("/r/artifacts/runs/vgg19", envs=(), repo=Path("/r"))
+    'artifacts/runs/vgg19'
+    >>> portable_path("none")
+    'none'
+    """
+    text = str(path)
+    if not os.path.isabs(text):
+        return text
+    forms = {Path(os.path.normpath(text)), Path(os.path.realpath(text))}
+    roots = [(f"${name}", os.environ[name]) for name in envs if os.environ.get(name)] + [("", str(repo))]
+    for prefix, root in roots:
+        for r in {Path(os.path.normpath(os.path.abspath(root))), Path(os.path.realpath(root))}:
+            for p in forms:
+                if p.is_relative_to(r):
+                    rel = p.relative_to(r).as_posix()
+                    if not prefix:
+                        return rel
+                    return prefix + ("" if rel == "." else f"/{rel}")
+    return Path(text).name
 
 
 def versions() -> dict:

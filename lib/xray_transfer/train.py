@@ -54,7 +54,7 @@ class TrainingDiverged(FloatingPointError):
 
 class RunMismatch(ValueError):
     """A run folder holds files of another run; the message says how to start afresh."""
-#: "lungs_hidden": black out all but a border of the 266x200 image (letterbox bands included);
+#: "lungs_hidden": black out all but a border of the 200x266 image (letterbox bands included);
 #: "lungs_hidden_in_frame": the same within each X-ray's own frame, so the kept border is X-ray.
 IMAGE_MASKS = ("none", "lungs_hidden", "lungs_hidden_in_frame")
 PROTOCOL = dict(n_splits=10, epochs=10, batch_size=64, image_size=(200, 266))
@@ -495,9 +495,9 @@ def open_run(dataset, output_dir, **params) -> dict:
         if stray:
             raise RunMismatch(f"{out} has fold files ({', '.join(stray[:3])}) but no run.json, so their "
                               f"parameters are unknown; {afresh}")
-        from .provenance import environment
+        from .provenance import environment, portable_path
         counts = np.bincount(dataset.labels, minlength=3).tolist()
-        record = {"params": cfg, "identity": identity, "identity_sha256": identity_sha256, "notes": DEFAULT_NOTES,
+        record = {"params": {**cfg, "weights": portable_path(cfg["weights"])}, "identity": identity, "identity_sha256": identity_sha256, "notes": DEFAULT_NOTES,
                   "full_protocol": is_full_protocol(cfg, len(dataset)),
                   "dataset": {"manifest_sha256": dataset.manifest_sha256, "n_images": len(dataset),
                               "counts": counts},
@@ -556,7 +556,7 @@ def train_fold(dataset, run: dict, k: int, images=None, feature_store=None, trai
     Returns the fold record, or None when another process made the fold.
     """
     from .metrics import confusion
-    from .provenance import environment
+    from .provenance import environment, portable_path
 
     cfg, out, identity_sha256 = run["cfg"], run["out"], run["identity_sha256"]
     path = out / f"fold-{k:02d}.json"
@@ -750,7 +750,7 @@ def fit_final(dataset, model_path, progress=True, feature_store=None, trainer_st
     from tqdm import tqdm
 
     from .data import sha256_file
-    from .provenance import environment, record_sha256
+    from .provenance import environment, portable_path, record_sha256
 
     cfg = make_config(**params)
     model_path = Path(model_path)
@@ -766,7 +766,7 @@ def fit_final(dataset, model_path, progress=True, feature_store=None, trainer_st
     tmp = model_path.with_name(f".{model_path.stem}.tmp{os.getpid()}.keras")
     trainer.model.save(tmp)
     os.replace(tmp, model_path)
-    record = {"params": cfg, "model_file": model_path.name, "model_sha256": sha256_file(model_path),
+    record = {"params": {**cfg, "weights": portable_path(cfg["weights"])}, "model_file": model_path.name, "model_sha256": sha256_file(model_path),
               "model_bytes": model_path.stat().st_size, "fit_seconds": time.perf_counter() - t0,
               "history": {k: v for k, v in res["history"].items() if not k.startswith("test_")},
               "dataset": {"manifest_sha256": dataset.manifest_sha256, "n_images": len(dataset),
