@@ -1,0 +1,137 @@
+"""How much arithmetic a run is: XLA's own FLOP count of each compiled step, times the protocol's steps.
+
+The GPU benchmark divides these counts by its measured seconds to give achieved TFLOP/s, and by
+the chip's dense peak to give the share of the limit. The count is XLA's ``cost_analysis`` of the
+step Keras itself runs (``train_step``, ``predict_step``), lowered with JAX for the run's shapes;
+it does not depend on the device, so it is made once, on any machine, with Keras on JAX::
+
+    KERAS_BACKEND=jax python -m xray_transfer.flops --out artifacts/benchmark/flops.json
+
+A step's count is for one batch. The protocol count (:func:`protocol_flops`) adds, per fold, every
+training step of every epoch, the held-out fold predicted after each epoch (as
+:meth:`xray_transfer.train.Trainer.fit_fold` does), and on the fast path the frozen part run
+once over every image.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+#: Dense peak of chips the benchmark may run on, in TFLOP/s, from the vendor's data sheet
+#: (NVIDIA H200 SXM: 67 TFLOP/s FP32, 494.5 TFLOP/s TF32 dense, 989 TFLOP/s BF16 dense).
+PEAK_TFLOPS = {"NVIDIA H200": {"float32": 67.0, "tf32": 494.5, "bfloat16": 989.0}}
+
+
+def _lowered_flops(fn, *args) -> float:
+    """XLA's FLOP count of ``fn(*args)`` compiled with JAX (``cost_analysis()['flops']``)."""
+    import jax
+
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older JAX: one dict per device program
+        cost = cost[0]
+    return float(cost["flops"])
+
+
+def step_flops(cfg: dict) -> dict:
+    """FLOPs of one batch of each step a run of ``cfg`` (:func:`xray_transfer.train.make_config`) executes.
+
+    Returns ``train_step``, ``predict_step`` and ``frozen_step`` (0 unless the run takes the fast
+    path, where the frozen part runs once per image before training), for a batch of
+    ``cfg["batch_size"]`` images of ``cfg["image_size"]``.
+    """
+    import keras
+
+    from .models import build_model, get_backbone, split_at_cutoff, with_preprocessing
+    from .train import use_fast_path
+
+    if keras.backend.backend() != "jax":
+        raise RuntimeError("FLOP counts come from XLA through JAX: set KERAS_BACKEND=jax")
+    h, w = cfg["image_size"]
+    bs = cfg["batch_size"]
+    model = build_model(cfg["backbone"], input_shape=(h, w, 3), weights="none", pooling=cfg["pooling"],
+                        dropout=cfg["dropout"], seed=cfg["seed"], batchnorm=cfg["batchnorm"])
+    fast, _ = use_fast_path(cfg)
+    frozen = None
+    if fast:
+        frozen, net = split_at_cutoff(model, get_backbone(cfg["backbone"]).cutoff)
+    else:
+        net = with_preprocessing(model, cfg["backbone"])
+    net.compile(optimizer=keras.optimizers.Adam(cfg["learning_rate"]),
+                loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    net.optimizer.build(net.trainable_variables)
+    images = np.zeros((bs, h, w, 3), np.float32 if fast else np.uint8)
+    if fast:
+        frozen_inputs = frozen(images)
+        x = [np.zeros(t.shape, np.float32) for t in (frozen_inputs if isinstance(frozen_inputs, list)
+                                                      else [frozen_inputs])]
+        x = x if len(x) > 1 else x[0]
+    else:
+        x = images
+    y = np.zeros((bs,), np.int32)
+    values = lambda vs: [v.value for v in vs]  # noqa: E731
+    metrics_vars = [v for m in net.metrics for v in m.variables]
+    state = (values(net.trainable_variables), values(net.non_trainable_variables),
+             values(net.optimizer.variables), values(metrics_vars))
+    out = {"train_step": _lowered_flops(net.train_step, state, (x, y)),
+           "predict_step": _lowered_flops(net.predict_step, state[:2], (x,)),
+           "frozen_step": 0.0}
+    if fast:
+        fstate = (values(frozen.trainable_variables), values(frozen.non_trainable_variables))
+        out["frozen_step"] = _lowered_flops(frozen.predict_step, fstate, (images,))
+    return {**out, "batch_size": bs, "image_size": [h, w], "fast_path": bool(fast)}
+
+
+def protocol_flops(steps: dict, n_images: int = 1428, n_splits: int = 10, epochs: int = 10) -> float:
+    """FLOPs of a whole cross-validation from :func:`step_flops`' per-batch counts.
+
+    Per fold: ``epochs`` passes over the training images in batches (the last one partial,
+    counted in proportion), the held-out fold predicted after every epoch in full padded
+    batches; on the fast path, the frozen part once over all images.
+
+    >>> protocol_flops({"train_step": 2.0, "predict_step": 1.0, "frozen_step": 0.0, "batch_size": 10},
+    ...                n_images=100, n_splits=10, epochs=1)
+    200.0
+    """
+    bs = steps["batch_size"]
+    n_test = n_images / n_splits
+    n_train = n_images - n_test
+    per_fold = epochs * (n_train / bs * steps["train_step"] + math.ceil(n_test / bs) * steps["predict_step"])
+    frozen = math.ceil(n_images / bs) * steps["frozen_step"]
+    return n_splits * per_fold + frozen
+
+
+def main(argv=None) -> int:
+    from .models import BACKBONES
+    from .provenance import environment
+    from .train import make_config
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="JSON to write")
+    p.add_argument("--backbones", nargs="+", default=list(BACKBONES))
+    p.add_argument("--batchnorm", nargs="+", default=["keras2", "inference"],
+                   choices=["keras2", "batch_statistics", "inference"])
+    args = p.parse_args(argv)
+    rows = {}
+    for b in args.backbones:
+        for mode in args.batchnorm:
+            cfg = make_config(backbone=b, batchnorm=mode, weights="none")
+            steps = step_flops(cfg)
+            rows[f"{b}/{mode}"] = {**steps, "backbone": b, "batchnorm": mode,
+                                   "protocol_flops": protocol_flops(steps)}
+            print(f"{b:20s} {mode:16s} train {steps['train_step'] / 1e12:7.2f} TFLOP/batch  "
+                  f"protocol {rows[f'{b}/{mode}']['protocol_flops'] / 1e15:6.2f} PFLOP", flush=True)
+    record = {"what": "XLA cost_analysis FLOPs per batch of each step, and per 10-fold protocol",
+              "environment": environment(), "rows": rows}
+    out = Path(args.out)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
