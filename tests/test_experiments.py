@@ -219,10 +219,11 @@ def test_an_experiment_pinned_to_another_backend_is_refused(capsys, tmp_path, pa
 def test_the_registry_names_every_committed_run_and_list_matches_artifacts(capsys):
     repo = Path(__file__).resolve().parents[1]
     outs = {e.out for e in grid.REGISTRY}
-    for run in [*repo.glob("artifacts/runs/*/run.json"), *repo.glob("artifacts/audit/*/run.json")]:
+    for run in [*repo.glob("artifacts/runs/*/run.json"), *repo.glob("artifacts/audit/*/run.json"),
+                *repo.glob("artifacts/robustness/*/*/run.json")]:
         assert str(run.parent.relative_to(repo / "artifacts")) in outs, run
     status, out, err = run_cli(capsys, "experiments", "list", "--out", repo / "artifacts")
     assert status == 0
     assert any(line.startswith("paper/vgg19 ") and " done " in line for line in out.splitlines())
-    assert grid.find("audit/keras2-tensorflow-xception").folds == (0, 1)
+    assert grid.find("robustness/xception/backend-tensorflow").folds == (0, 1)
     assert [e.name for e in grid.select(["paper/*"])] == [f"paper/{b}" for b in grid.BACKBONES]

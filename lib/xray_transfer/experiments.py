@@ -92,6 +92,16 @@ def final_models() -> list[Experiment]:
     return [Experiment(f"final/{b}", "final", f"models/{b}.json", {"backbone": b}, priority=20) for b in BACKBONES]
 
 
+def robustness_runs() -> list[Experiment]:
+    """The robustness grid's runs still to make (:func:`xray_transfer.robustness.experiments`), in its
+    priority order, after the paper and audit runs and before the final models."""
+    from .robustness import experiments
+
+    return [Experiment(e["name"], "cv", e["out"].removeprefix("artifacts/"),
+                       {k: v for k, v in e["params"].items() if k != "weights"}, priority=60 - e["priority"])
+            for e in experiments()]
+
+
 #: Every experiment of the book, in priority order (ties: this order).
 REGISTRY: list[Experiment] = [
     *paper_runs(),
@@ -99,12 +109,11 @@ REGISTRY: list[Experiment] = [
     *audit_runs("bn-inference", {"batchnorm": "inference"}, ["inception_v3", "mobilenet"], 90),
     *audit_runs("grouped", {"group_by_patient": True}, ["mobilenet", "vgg19"], 80),
     *audit_runs("lungs-hidden-in-frame", {"image_mask": "lungs_hidden_in_frame"}, ["mobilenet", "vgg19"], 80),
-    # the BatchNorm modes of the two backbones that collapse to one class with keras2
-    *audit_runs("bn-inference", {"batchnorm": "inference"}, ["xception", "inception_resnet_v2"], 70),
-    *audit_runs("bn-batch_statistics", {"batchnorm": "batch_statistics"}, ["xception", "inception_resnet_v2"], 70),
     # the same Xception folds as paper/xception (Keras on JAX, an H200), made with Keras on TensorFlow
-    Experiment("audit/keras2-tensorflow-xception", "cv", "audit/keras2-tensorflow-xception", {"backbone": "xception"},
-               priority=60, folds=(0, 1), backend="tensorflow"),
+    Experiment("robustness/xception/backend-tensorflow", "cv", "robustness/xception/backend-tensorflow",
+               {"backbone": "xception"}, priority=60, folds=(0, 1), backend="tensorflow"),
+    # the robustness grid (seeds, then learning rate 1e-3, then BatchNorm modes, then the rest)
+    *robustness_runs(),
     *final_models(),
     # the benchmark holds the device alone: it runs after every other task of a call
     Experiment("benchmark/cpu", "bench", "benchmark", {"epochs": 2, "limit": 400}, priority=0, device="cpu"),

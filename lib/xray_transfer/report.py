@@ -13,7 +13,6 @@ Command line (also ``python -m xray_transfer.results``)::
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
