@@ -251,10 +251,16 @@ def readme_block(runs, artifacts="artifacts") -> str:
     head = "| " + " | ".join(table.columns) + " |\n| " + " | ".join("---" for _ in table.columns) + " |\n"
     body = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in table.values.tolist())
     said = "\n\n".join(verdict(runs, artifacts, style="md"))
+    from .robustness import landing
+
+    sentence, robust = landing(Path(artifacts).resolve().parent)
+    rhead = "| " + " | ".join(robust.columns) + " |\n| " + " | ".join("---" for _ in robust.columns) + " |\n"
+    rbody = "".join("| " + " | ".join(_cell(v) for v in row) + " |\n" for row in robust.values.tolist())
     return (f"{README_START}\n{said}\n\n![Results at a glance](book/images/at_a_glance.png)\n\n"
             f"{headline(t2, runs, folds=False, gaps=False)}\n\n"
             f"{head}{body}\nOurs / the paper's value, in percent; ours pooled over the ten held-out folds of each complete run, "
-            f"{DASH} where a run is not complete; * the authors' asterisk. Generated from `artifacts/` by `make results`.\n"
+            f"{DASH} where a run is not complete; * the authors' asterisk. Generated from `artifacts/` by `make results`.\n\n"
+            f"**Chance and unstated choices** (book chapter *Robustness*): {sentence}\n\n{rhead}{rbody}\n"
             f"{README_END}")
 
 

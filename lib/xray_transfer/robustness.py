@@ -431,14 +431,15 @@ def verdict_sentence(v: pd.DataFrame, points=None) -> str:
     >>> v = pd.DataFrame({"verdict": ["reproduced within chance", "not reached by any setting tried"],
     ...                   "n_chance": [1, 1]})
     >>> verdict_sentence(v)
-    'Of the 2 cells of Table 2, 1 is reproduced within chance, 0 are reached with a stated choice and 1 is not reached by any setting tried (chance measured with 1 run per backbone at most).'
+    "Of the 2 cells of Table 2, 1 is reproduced within chance, 0 are reached with a stated choice and 1 is not reached by any setting tried (within chance: the paper's value lies inside the 95 % interval of the default run or a seed run; 1 such run per backbone at most so far)."
     """
     judged = v[v["verdict"] != "not judged"]
     counts = [(int((judged["verdict"] == k).sum()), k) for k in VERDICTS]
     parts = [f"{n} {'is' if n == 1 else 'are'} {k}" for n, k in counts]
     text = f"Of the {len(judged)} cells of Table 2, " + ", ".join(parts[:-1]) + f" and {parts[-1]}"
     most = int(v["n_chance"].max()) if len(v) else 0
-    text += f" (chance measured with {most} run{'s' if most != 1 else ''} per backbone at most)"
+    text += (f" (within chance: the paper's value lies inside the 95 % interval of the default run or a seed run; "
+             f"{most} such run{'s' if most != 1 else ''} per backbone at most so far)")
     if len(judged) < len(v):
         text += f"; {len(v) - len(judged)} cells are not judged yet"
     if points is not None:
