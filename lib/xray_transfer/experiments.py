@@ -478,7 +478,9 @@ def render_page(exp: Experiment, root, dataset) -> Path:
     nb.parent.mkdir(parents=True, exist_ok=True)
     jupytext.write(jupytext.read(repo / "notebooks" / "training.md"), nb)
     out = Path(root).resolve() / exp.out
-    params = [("output_dir", str(out)), ("dataset_dir", str(Path(dataset).resolve())), ("run_folds", "False"),
+    here = repo / "notebooks"  # the chapter's paths relative to its working folder: no machine path in the page
+    params = [("output_dir", os.path.relpath(out, here)), ("dataset_dir", os.path.relpath(Path(dataset).resolve(), here)),
+              ("run_folds", "False"),
               *((k, str(v)) for k, v in exp.params.items())]
     execute(nb, out / ".training.tmp.ipynb", parameters=params, cwd=repo / "notebooks")
     os.replace(out / ".training.tmp.ipynb", out / "training.ipynb")
