@@ -514,7 +514,7 @@ def verdict(runs, artifacts="artifacts", style="myst") -> list[str]:
     allcovid = [b for b, c in calls.items() if c["images"] and c["covid"] == c["images"]]
     if allcovid:
         n = {calls[b]["images"] for b in allcovid}
-        said.append(f"{listing([name[b] for b in allcovid])} call {'all' if len(allcovid) > 1 else 'every one of'} "
+        said.append(f"{listing([name[b] for b in allcovid])} {'call all' if len(allcovid) > 1 else 'calls every one of'} "
                     f"{listing(sorted(map(str, n)))} adult X-rays without COVID-19 \"COVID-19\" "
                     f"({link('adults', 'adult X-rays', style)}).")
     if said:
