@@ -100,12 +100,16 @@ def record_commit(output) -> None:
     import json
     import os
 
-    from .provenance import git_commit
+    from .provenance import git_commit, portable_path
 
     output = Path(output)
     nb = json.loads(output.read_text())
     git = git_commit()
     nb.setdefault("metadata", {})["xray"] = {"git_commit": git["commit"], "git_dirty": git["dirty"]}
+    for key in ("input_path", "output_path"):  # papermill's record of them: no machine path in a committed page
+        pm = nb["metadata"].get("papermill", {})
+        if isinstance(pm.get(key), str):
+            pm[key] = portable_path(pm[key])
     tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
     os.replace(tmp, output)
