@@ -473,7 +473,7 @@ def verdict(runs, artifacts="artifacts", style="myst") -> list[str]:
             if others.empty:
                 untried.append(name[b])
             elif (others["sensitivity"] >= 50).all():
-                cured.append(f"{name[b]} (" + ", ".join(f"{pct(r.sensitivity)} % in {r.mode}"
+                cured.append(f"{name[b]} (COVID-19 sensitivity " + ", ".join(f"{pct(r.sensitivity)} % in {r.mode}"
                                                           for r in others.itertuples()) + ")")
         if cured:
             text += f" For {listing(cured)} the failure disappears in the other modes."
