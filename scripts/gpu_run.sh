@@ -35,6 +35,12 @@
 # compilation cache, where it packs into 16 MiB, for a later lease to carry (.gpu/jax-cache). Here:
 #   make gpu-adopt TGZ=<files_at>/gpu-out.tgz    (it also unpacks the jax-cache.tgz beside it into .gpu/)
 #
+#   REMAKE=1 scripts/gpu_run.sh       every experiment of the book made again (issue 27's one-lease
+#                                     check): the paper runs (VGG19's, MobileNet's and Inception v3's
+#                                     as robustness/<backbone>/backend-jax, their twins made on JAX),
+#                                     the audit runs, the final models and the GPU benchmark; `make
+#                                     gpu-adopt` then compares each run with the committed one of the
+#                                     same identity, fold by fold (gpu_plan.agreement)
 #   SMOKE=1 scripts/gpu_run.sh        tiny settings, to check the script (runs on a CPU too)
 #   scripts/gpu_run.sh NAME ...       only these experiments (`xray-transfer experiments list` names them)
 #   WORKERS=4 scripts/gpu_run.sh      workers in all (default: 4 per GPU, 1 on a CPU)
@@ -57,7 +63,10 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=${JAX_PERSISTENT_CACHE_MIN_COM
 export TF_CPP_MIN_LOG_LEVEL=2
 R=$GPU_DIR/out; mkdir -p "$R"
 XT=("$PYTHON" -m xray_transfer.cli)
-NAMES=("$@"); [ ${#NAMES[@]} -eq 0 ] && mapfile -t NAMES < <("${XT[@]}" experiments list --todo | grep -v '^final/')
+NAMES=("$@")
+[ ${#NAMES[@]} -eq 0 ] && [ "${REMAKE:-0}" = 1 ] && NAMES=(paper/xception paper/inception_resnet_v2 'audit/*'
+  'robustness/*/backend-jax' 'final/*' benchmark/gpu)
+[ ${#NAMES[@]} -eq 0 ] && mapfile -t NAMES < <("${XT[@]}" experiments list --todo | grep -v '^final/')
 TRAIN=(); BENCH=()
 for n in "${NAMES[@]}"; do case $n in benchmark/*) BENCH+=("$n") ;; *) TRAIN+=("$n") ;; esac; done
 SMOKE_ARG=""; [ "${SMOKE:-0}" = 1 ] && SMOKE_ARG="--smoke"

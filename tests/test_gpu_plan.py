@@ -3,6 +3,7 @@ with smoke settings on the CPU, writing records that name the device and backend
 whose weights are not there, and packing what comes back."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -212,3 +213,36 @@ def test_adopt_keeps_each_lease_s_logs_in_a_folder_of_its_own(tmp_path):
     leases = tmp_path / "repo" / "artifacts" / "gpu-plan"
     assert sorted(p.name for p in leases.iterdir()) == ["2026-11-27T22-41-14Z", "2026-11-28T04-58-46Z"]
     assert "start 2026-11-27T22:41:14Z" in (leases / "2026-11-27T22-41-14Z" / "gpu-log.txt").read_text()
+
+
+def test_a_remade_run_is_compared_fold_by_fold_with_the_committed_run_of_the_same_identity(smoke_run, tmp_path):
+    """Matched by identity wherever it lies (Table 2's run made again on JAX is committed as
+    robustness/<backbone>/backend-jax); identical calls found identical, a changed call counted."""
+    import numpy as np
+
+    _, tmp = smoke_run
+    src = tmp_path / "out"
+    shutil.copytree(tmp / "gpu" / "out" / "runs", src / "runs")
+    repo = tmp_path / "repo"
+    shutil.copytree(src / "runs" / "vgg19", repo / "artifacts" / "robustness" / "vgg19" / "backend-jax")
+    (src / "grid-log.jsonl").write_text(json.dumps({"experiment": "paper/vgg19", "settings": {}}) + "\n")
+    (src / "gpu-log.txt").write_text("start 2026-12-05T00:00:00Z\n")
+    [row] = gpu_plan.agreement(src, repo)
+    assert row["committed"] == "artifacts/robustness/vgg19/backend-jax" and row["remade"] == "runs/vgg19"
+    assert (row["verdict"], row["calls_same"], row["max_prob_diff"]) == ("identical calls", row["n"], 0)
+    # one held-out image called otherwise in the remake
+    fold = src / "runs" / "vgg19" / "fold-00.json"
+    rec = json.loads(fold.read_text())
+    probs = np.asarray(rec["probs"])
+    rec["probs"][0] = np.roll(probs[0], 1).tolist()
+    fold.write_text(json.dumps(rec))
+    [row] = gpu_plan.agreement(src, repo)
+    assert (row["verdict"], row["calls_same"]) == ("calls differ", row["n"] - 1) and row["max_prob_diff"] > 0
+    # adopt keeps the committed run and writes the comparison beside the lease's logs
+    gpu_plan.adopt(src, repo, log=lambda *_: None)
+    kept = json.loads((repo / "artifacts/gpu-plan/2026-12-05T00-00-00Z/agreement.json").read_text())
+    assert kept == [row]
+    # another identity (another seed) has nothing to be compared with
+    run = json.loads((src / "runs" / "vgg19" / "run.json").read_text())
+    (src / "runs" / "vgg19" / "run.json").write_text(json.dumps({**run, "identity_sha256": "0" * 64}))
+    assert gpu_plan.agreement(src, repo) == []

@@ -75,21 +75,29 @@ def test_grid_puts_the_issues_priorities_in_order_and_one_factor_per_run():
     points = R.grid()
     assert [p["priority"] for p in points] == sorted(p["priority"] for p in points)
     first = [p for p in points if p["priority"] == 1]
-    assert {(p["backbone"], p["value"]) for p in first} == {(b, s) for b in R.ORDER for s in (1, 2, 3)}
+    assert {(p["backbone"], p["value"]) for p in first if p["factor"] == "seed"} == {
+        (b, s) for b in R.ORDER for s in (1, 2, 3)}
+    # the default once more with Keras on JAX on the GPU, where Table 2's run was made on TensorFlow on
+    # the CPU: first of all, the baseline of the grid's GPU runs
+    remade = [p for p in first if p["factor"] == "backend"]
+    assert {p["backbone"] for p in remade} == set(R.REMADE_ON_GPU)
+    assert all((p["backend"], p["device"], R.expected_change(p)) == ("jax", "gpu", {}) for p in remade)
+    assert all(points.index(p) < points.index(next(q for q in first if q["factor"] == "seed")) for p in remade)
     assert {p["label"] for p in points if p["priority"] == 2} == {"learning_rate-0.001"}
     assert {p["backbone"] for p in points if p["priority"] == 3} == {"vgg19", "xception", "inception_resnet_v2"}
-    assert len({p["out"] for p in points}) == len(points) == 84
+    assert len({p["out"] for p in points}) == len(points) == 87
     for p in points:
         if p["reused"]:
             continue
         assert p["out"] == f"artifacts/robustness/{p['backbone']}/{p['label']}"
         cfg = train.make_config(**{**p["params"], "weights": "none"})
         changed = R.differs_from_default(cfg)
-        assert changed == R.expected_change(p) and len(changed) == (2 if p["factor"] == "split_fixed" else 1), p
+        want = {"split_fixed": 2, "backend": 0}.get(p["factor"], 1)
+        assert changed == R.expected_change(p) and len(changed) == want, p
     # dropout acts only between two hidden layers: asked of MobileNet and Xception only
     assert {p["backbone"] for p in points if p["factor"] == "dropout"} == {"mobilenet", "xception"}
     jobs = R.experiments()
-    assert all(set(j) == {"name", "params", "out", "priority"} for j in jobs)
+    assert all(set(j) == {"name", "params", "out", "priority", "backend", "device"} for j in jobs)
     assert not any(j["out"].startswith(("artifacts/runs/", "artifacts/audit/")) for j in jobs)
 
 
@@ -99,6 +107,14 @@ def test_committed_runs_of_the_grid_are_all_used_none_dropped():
     assert not [p["name"] for p in points if p["status"] == "dropped"]
     reused = [p for p in points if p["out"].startswith("artifacts/audit/")]
     assert len(reused) == 4 and all(p["factor"] == "batchnorm" for p in reused)
+
+
+def test_the_defaults_remade_on_the_gpu_are_those_made_on_tensorflow():
+    """REMADE_ON_GPU names exactly the backbones whose committed Table 2 run was made with Keras on
+    TensorFlow (the grid's runs are made with Keras on JAX on a GPU)."""
+    points = {p["backbone"]: p for p in R.load_grid(REPO) if p["factor"] == "default"}
+    on_tf = {bb for bb, p in points.items() if p["devices"].startswith("tensorflow")}
+    assert on_tf == set(R.REMADE_ON_GPU)
 
 
 # ---------------------------------------------------------------- reading and refusing runs
@@ -149,6 +165,29 @@ def test_effects_call_a_change_real_only_beyond_chance(points):
     assert eff.loc[("learning_rate-1e-05", "accuracy_3class"), "call"] == "within chance"  # interval holds 0
     assert eff.loc[("pooling-max", "accuracy_3class"), "also_differs"] == ""
     assert "pooling-flatten" not in eff.index.get_level_values(0)  # not complete: no effect
+
+
+def test_runs_are_compared_with_the_default_made_on_their_own_backend(repo):
+    """With the default made again on JAX, a JAX run is paired with it, not with Table 2's TensorFlow
+    run, and seeds are measured against the default of their own backend."""
+    write_run(repo, "artifacts/robustness/vgg19/backend-jax", [8] * 10, _backend="jax")  # 80 %
+    write_run(repo, "artifacts/robustness/vgg19/split_fixed-seed-1", [8] * 9 + [9], seed=1, split_seed=0,
+              _backend="jax")  # 81 %
+    points = R.load_grid(repo, points=R.grid(["vgg19"]))
+    p = by_label(points)
+    assert p["backend-jax"]["status"] == "complete"
+    assert R.baseline(points, "vgg19", p["learning_rate-0.001"]["devices"])["label"] == "backend-jax"
+    assert R.baseline(points, "vgg19", p["pooling-max"]["devices"])["label"] == "default"
+    eff = R.effects(points).set_index(["label", "metric"])
+    lr = eff.loc[("learning_rate-0.001", "accuracy_3class")]
+    assert (lr["baseline"], lr["change_mean"], lr["also_differs"]) == ("backend-jax", pytest.approx(10), "")
+    # the JAX seed run (81 %) moved 1 pp from the JAX default (not 31 from Table 2's); seed-1 (TF,
+    # 52 %) 2 pp from Table 2's
+    yard = R.seed_yardstick(points, "vgg19", "accuracy_3class")
+    assert (yard["split_fixed"], yard["seed"]) == pytest.approx((1, 2))
+    assert R.choice_words(p["backend-jax"]) == "default, made with Keras on JAX"
+    # the remade default is a run of the default setting: it counts for the verdicts' chance runs
+    assert "backend-jax" in {q["label"] for q in R.chance_points(points, "vgg19")}
 
 
 def test_effects_without_seed_runs_have_no_yardstick(repo):
@@ -216,7 +255,7 @@ def test_chapter_renders_a_partial_grid_and_names_what_it_lacks(repo, tmp_path):
     glued = [str(o["data"]["application/papermill.record/text/plain"]) for c in nb.cells for o in c.get("outputs", [])
              if "application/papermill.record/text/plain" in o.get("data", {})]
     shown = "\n".join([*notebook_texts(nb), *glued])
-    assert "6 of the grid's 84 runs are complete" in shown
+    assert "6 of the grid's 87 runs are complete" in shown
     assert "`augment-light`" in shown and "`pooling-flatten` (3 of 10 folds)" in shown  # what it lacks
     assert "artifacts/robustness/vgg19/seed-3`: made on other data" in shown  # dropped, with its note
     assert "not judged" in shown  # the four networks without a run of theirs

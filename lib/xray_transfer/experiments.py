@@ -98,7 +98,8 @@ def robustness_runs() -> list[Experiment]:
     from .robustness import experiments
 
     return [Experiment(e["name"], "cv", e["out"].removeprefix("artifacts/"),
-                       {k: v for k, v in e["params"].items() if k != "weights"}, priority=60 - e["priority"])
+                       {k: v for k, v in e["params"].items() if k != "weights"}, priority=60 - e["priority"],
+                       backend=e["backend"], device=e["device"])
             for e in experiments()]
 
 

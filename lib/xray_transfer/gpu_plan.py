@@ -5,6 +5,11 @@ run`` (:mod:`xray_transfer.experiments`) on the GPU machine, into ``.gpu/out`` l
 ``artifacts/``, and packs it for the way back. Here:
 
     python -m xray_transfer.gpu_plan adopt .gpu/out --repo .   # take finished runs into artifacts/
+
+A lease that makes again runs the repository already has (``REMAKE=1 scripts/gpu_run.sh``) is
+checked fold by fold against them (:func:`agreement`): the same run (the same identity: parameters,
+starting weights, data, image files) must give the same calls, exactly where it was made the same
+way, otherwise within what chance moves a run.
 """
 from __future__ import annotations
 
@@ -53,6 +58,16 @@ def lease_name(gpu_log) -> str:
     return first.split()[1].replace(":", "-")
 
 
+#: Folders of an output root (laid out as ``artifacts/``) that hold cross-validation runs.
+RUN_FAMILIES = ("runs", "audit", "robustness", "precision")
+
+
+def run_dirs(root) -> list[Path]:
+    """Every run folder (one with a ``run.json``) of the :data:`RUN_FAMILIES` under ``root``."""
+    root = Path(root)
+    return sorted(p.parent for fam in RUN_FAMILIES for p in (root / fam).glob("**/run.json"))
+
+
 #: The logs a lease brings back: the grid's (one line per task) and the older plan's.
 LOGS = ("grid-log.jsonl", "plan-log.jsonl")
 
@@ -60,7 +75,7 @@ LOGS = ("grid-log.jsonl", "plan-log.jsonl")
 def adopt(src_root, repo=".", log=print) -> list[str]:
     """Copy the finished runs and the benchmark from a plan's output into ``artifacts/``.
 
-    A run folder replaces the repository's only when it is complete and the repository's is
+    A run folder (of :data:`RUN_FAMILIES`) replaces the repository's only when it is complete and the repository's is
     missing or incomplete (never a finished run). Complete means every fold, on folds that this
     scikit-learn draws again: a run made where another version drew other patient-grouped folds
     is not adopted, and one in the repository is replaced. A GPU's benchmark goes to
@@ -71,7 +86,7 @@ def adopt(src_root, repo=".", log=print) -> list[str]:
     """
     src, art = Path(src_root), Path(repo) / "artifacts"
     written = []
-    for run_dir in sorted([*src.glob("runs/*"), *src.glob("audit/*")]):
+    for run_dir in run_dirs(src):
         dest = art / run_dir.relative_to(src)
         if not _complete(run_dir):
             log(f"{run_dir}: unfinished, or on folds this scikit-learn does not draw: not adopted")
@@ -85,6 +100,7 @@ def adopt(src_root, repo=".", log=print) -> list[str]:
             tmp.rename(dest)
             written.append(str(dest))
             log(f"{dest}: adopted")
+    remade = agreement(src, repo)
     log_lines = [json.loads(line) for name in LOGS if (src / name).is_file()
                  for line in (src / name).read_text().splitlines()]
     if any(not e.get("smoke") and not e.get("settings") for e in log_lines):  # the logs of a book's run
@@ -94,6 +110,11 @@ def adopt(src_root, repo=".", log=print) -> list[str]:
             if (src / name).is_file():
                 shutil.copyfile(src / name, dest / name)
                 written.append(str(dest / name))
+        if remade:
+            (dest / "agreement.json").write_text(json.dumps(remade, indent=1) + "\n")
+            written.append(str(dest / "agreement.json"))
+            for r in remade:
+                log(f"{r['remade']}: {r['verdict']} ({r['calls_same']} of {r['n']} calls the same as {r['committed']})")
     for bench in [src / "benchmark" / "benchmark.json", src / "benchmark" / "gpu" / "benchmark.json"]:
         if not bench.is_file():
             continue
@@ -104,6 +125,61 @@ def adopt(src_root, repo=".", log=print) -> list[str]:
         written.append(str(dest))
         log(f"{dest}: adopted ({device})")
     return written
+
+
+def _identity(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "run.json").read_text()).get("identity_sha256")
+    except (OSError, ValueError):
+        return None
+
+
+def agreement(src_root, repo=".") -> list[dict]:
+    """Each complete run under ``src_root`` that the repository already has complete, compared fold
+    by fold with it.
+
+    Runs are matched by identity (``identity_sha256``: parameters, starting weights, data and image
+    files), wherever they lie: the default made again with Keras on JAX
+    (``robustness/<backbone>/backend-jax``) is Table 2's run made another way. One dict per pair:
+    ``remade`` and ``committed`` (paths), ``made_with`` and ``committed_with`` (backend / device),
+    ``n`` (held-out images), ``calls_same`` (images called the same), ``max_prob_diff`` (largest
+    difference of a class probability), per metric of Table 2 the pooled value of both
+    (``metrics``, percent) and the ``verdict``: "identical calls" or "calls differ" (then how far
+    the pooled metrics moved is what the robustness chapter's seed yardstick judges).
+    """
+    import numpy as np
+
+    from .metrics import pooled
+    from .results import is_complete, load_run
+    from .robustness import METRICS, devices
+
+    committed = {}
+    art = Path(repo) / "artifacts"
+    for d in run_dirs(art):
+        run = load_run(d)
+        if is_complete(run) and _complete(d):
+            committed.setdefault(run["record"].get("identity_sha256"), d)
+    out = []
+    for d in run_dirs(src_root):
+        match = committed.get(_identity(d))
+        if match is None or not _complete(d):
+            continue
+        new, old = load_run(d), load_run(match)
+        if [f["test_file"] for f in new["folds"]] != [f["test_file"] for f in old["folds"]]:
+            continue  # the same identity holds the same folds; a damaged copy is not compared
+        calls = [np.asarray(f["probs"]).argmax(1) for f in new["folds"]], \
+            [np.asarray(f["probs"]).argmax(1) for f in old["folds"]]
+        same = sum(int((a == b).sum()) for a, b in zip(*calls))
+        n = sum(len(a) for a in calls[0])
+        diff = max(float(np.abs(np.asarray(a["probs"]) - np.asarray(b["probs"])).max())
+                   for a, b in zip(new["folds"], old["folds"]))
+        pn, po = pooled(new["folds"]), pooled(old["folds"])
+        out.append({"remade": str(d.relative_to(src_root)), "committed": str(match.relative_to(repo)),
+                    "made_with": devices(new), "committed_with": devices(old), "n": n, "calls_same": same,
+                    "max_prob_diff": round(diff, 6),
+                    "metrics": {m: {"remade": 100 * pn[m], "committed": 100 * po[m]} for m in METRICS},
+                    "verdict": "identical calls" if same == n else "calls differ"})
+    return out
 
 
 def main(argv=None) -> int:

@@ -5,6 +5,11 @@ The grid, per backbone, around the default (Table 2's run, ``artifacts/runs/<bac
 * **chance**: seeds 1-3 (a seed draws the fold split, the random initial weights and
   dropout, and the batch order), and the same seeds with the split held at the default's
   (``split_seed=0``: only the initialisation and the order change);
+* **the default again on the GPU** (``backend-jax``), for the backbones whose Table 2 run was made
+  with Keras on TensorFlow on the CPU (:data:`REMADE_ON_GPU`): the grid's own runs are made with
+  Keras on JAX on a GPU, and each run is compared with the default made with the same backend
+  on the same device where one is complete (:func:`baseline`), so that two runs compared differ
+  only in the factor named;
 * **one choice at a time**: learning rate, BatchNorm mode, pooling, dropout, input
   scaling, resizing, augmentation; each run differs from the default in that one
   parameter only.
@@ -55,13 +60,16 @@ CHOICES = (
     ("augment", "augment", ("light",)),
 )
 #: What each factor is, in the reader's words (the strip beneath the curve, the tables).
-FACTOR_NAMES = {"default": "default (Table 2's run)", "seed": "seed", "split_fixed": "seed, split fixed",
+FACTOR_NAMES = {"default": "default (Table 2's run)", "backend": "default, other backend", "seed": "seed", "split_fixed": "seed, split fixed",
                 "learning_rate": "learning rate", "batchnorm": "BatchNorm mode", "pooling": "pooling",
                 "dropout": "dropout", "scaling": "input scaling", "resize": "resizing", "augment": "augmentation"}
 #: Backbones whose BatchNorm choice is priority 3 (VGG19 has no BatchNorm: a control).
 BATCHNORM_FIRST = ("vgg19", "xception", "inception_resnet_v2")
 #: Backbones whose every choice the issue wants complete before the other two's (priority 4 order).
 COMPLETE_FIRST = ("vgg19", "mobilenet", "inception_v3")
+#: Backbones whose Table 2 run was made with Keras on TensorFlow on the CPU: the grid makes their
+#: default once more with Keras on JAX on the GPU (``backend-jax``), the baseline of its GPU runs.
+REMADE_ON_GPU = ("vgg19", "mobilenet", "inception_v3")
 #: Audit runs exactly one factor away from a default, reused instead of run again.
 REUSED = {("mobilenet", "batchnorm", "batch_statistics"): "artifacts/audit/bn-batch_statistics-mobilenet",
           ("mobilenet", "batchnorm", "inference"): "artifacts/audit/bn-inference-mobilenet",
@@ -91,12 +99,13 @@ def applies(backbone: str, param: str) -> bool:
     return param != "dropout" or len(get_backbone(backbone).hidden) == 2
 
 
-def _point(backbone, factor, value, change, priority, rank, root):
+def _point(backbone, factor, value, change, priority, rank, root, **made_with):
     label = f"{factor}-{value_label(value)}" if factor != "split_fixed" else f"split_fixed-seed-{value}"
     out = REUSED.get((backbone, factor, value), f"{root}/{backbone}/{label}")
     return {"name": f"robustness/{backbone}/{label}", "backbone": backbone, "factor": factor,
             "value": value, "label": label, "params": {"backbone": backbone, "weights": "offline", **change},
-            "out": out, "priority": priority, "rank": rank, "reused": out.startswith("artifacts/audit/")}
+            "out": out, "priority": priority, "rank": rank, "reused": out.startswith("artifacts/audit/"),
+            "backend": made_with.get("backend"), "device": made_with.get("device")}
 
 
 def grid(backbones=ORDER, root=ROOT) -> list[dict]:
@@ -104,19 +113,22 @@ def grid(backbones=ORDER, root=ROOT) -> list[dict]:
 
     Each point: ``name``, ``backbone``, ``factor``, ``value``, ``label`` (``<factor>-<value>``),
     ``params`` (keyword arguments of :func:`xray_transfer.train.cross_validate`), ``out``
-    (run folder), ``priority`` (0: Table 2's run; 1: seeds; 2: learning rate 1e-3; 3: BatchNorm
-    mode of VGG19, Xception and Inception ResNet v2; 4: the rest), ``rank`` (order within a
-    priority) and ``reused`` (an audit run).
+    (run folder), ``priority`` (0: Table 2's run; 1: the default on the GPU, then seeds; 2: learning
+    rate 1e-3; 3: BatchNorm mode of VGG19, Xception and Inception ResNet v2; 4: the rest), ``rank``
+    (order within a priority), ``reused`` (an audit run), and ``backend``/``device`` (what the
+    point must be made with, or None).
 
     >>> [p["label"] for p in grid(["vgg19"])][:8]
-    ['default', 'seed-1', 'seed-2', 'seed-3', 'learning_rate-0.001', 'batchnorm-batch_statistics', 'batchnorm-inference', 'split_fixed-seed-1']
+    ['default', 'backend-jax', 'seed-1', 'seed-2', 'seed-3', 'learning_rate-0.001', 'batchnorm-batch_statistics', 'batchnorm-inference']
     """
     points = []
     for bb in backbones:
         get_backbone(bb)
         points.append({"name": f"runs/{bb}", "backbone": bb, "factor": "default", "value": None, "label": "default",
                        "params": {"backbone": bb, "weights": "offline"}, "out": f"artifacts/runs/{bb}",
-                       "priority": 0, "rank": 0, "reused": True})
+                       "priority": 0, "rank": 0, "reused": True, "backend": None, "device": None})
+        if bb in REMADE_ON_GPU:
+            points.append(_point(bb, "backend", "jax", {}, 1, 0, root, backend="jax", device="gpu"))
         for s in SEEDS:
             points.append(_point(bb, "seed", s, {"seed": s}, 1, s, root))
         later = 1000 * (bb not in COMPLETE_FIRST)  # priority 4: these three backbones' choices first
@@ -139,13 +151,14 @@ def grid(backbones=ORDER, root=ROOT) -> list[dict]:
 
 def experiments(backbones=ORDER, root=ROOT) -> list[dict]:
     """The runs the grid still has to make (not Table 2's, not the reused audit runs), in priority
-    order, as plain dicts ``name, params, out, priority`` for the experiment registry.
+    order, as plain dicts ``name, params, out, priority, backend, device`` for the experiment registry.
 
     >>> jobs = experiments()
-    >>> len(jobs), jobs[0]["out"], jobs[0]["priority"]
-    (75, 'artifacts/robustness/vgg19/seed-1', 1)
+    >>> len(jobs), jobs[0]["out"], jobs[0]["priority"], jobs[0]["backend"]
+    (78, 'artifacts/robustness/vgg19/backend-jax', 1, 'jax')
     """
-    return [{k: p[k] for k in ("name", "params", "out", "priority")} for p in grid(backbones, root) if not p["reused"]]
+    keys = ("name", "params", "out", "priority", "backend", "device")
+    return [{k: p[k] for k in keys} for p in grid(backbones, root) if not p["reused"]]
 
 
 # --------------------------------------------------------------------------- reading the runs
@@ -232,15 +245,27 @@ def load_grid(repo=".", manifest_sha256=None, points=None) -> list[dict]:
 
 # --------------------------------------------------------------------------- arithmetic
 def chance_points(points, backbone) -> list[dict]:
-    """The complete runs of ``backbone``'s default setting: the default and its seeds (random splits)."""
-    return [p for p in points if p["backbone"] == backbone and p["factor"] in ("default", "seed")
+    """The complete runs of ``backbone``'s default setting: the default (on any backend) and its
+    seeds (random splits)."""
+    return [p for p in points if p["backbone"] == backbone and p["factor"] in ("default", "backend", "seed")
             and p["summary"] is not None]
 
 
-def seed_band(points, backbone, metric) -> dict:
-    """The spread that chance alone gives ``metric`` (percent) over the default's seed runs.
+def baseline(points, backbone, devices=None) -> dict | None:
+    """The complete default run of ``backbone`` to compare a run made on ``devices`` with:
+    the one made with the same backend on the same device ('backend / device', see
+    :func:`devices`) where there is one, else Table 2's run; None when neither is complete."""
+    defaults = [p for p in points if p["backbone"] == backbone and p["factor"] in ("default", "backend")
+                and p["summary"] is not None]
+    same = [p for p in defaults if p["devices"] == devices]
+    table2 = [p for p in defaults if p["factor"] == "default"]
+    return (same or table2 or [None])[0]
 
-    Returns ``n`` (complete runs: the default and its seeds), ``low``/``high`` (their range),
+
+def seed_band(points, backbone, metric) -> dict:
+    """The spread that chance alone gives ``metric`` (percent) over the runs of the default setting.
+
+    Returns ``n`` (complete runs: Table 2's, the default made on another backend, and the seeds), ``low``/``high`` (their range),
     ``sd`` (standard deviation over them, NaN with fewer than two) and ``half_range``.
     """
     vals = [100 * p["summary"][metric] for p in chance_points(points, backbone)]
@@ -279,15 +304,15 @@ def paired_change(default, other, metric, z_t=None) -> dict:
 
 def seed_yardstick(points, backbone, metric) -> dict:
     """How far chance alone moved the default's ``metric`` (points): the largest change, from the
-    default, of any of its seed runs: ``split_fixed`` (initialisation and order only, paired by
-    fold) and ``seed`` (split too). ``value`` is the larger; NaN where no seed run is complete."""
-    default = next((p for p in points if p["backbone"] == backbone and p["factor"] == "default"
-                    and p["summary"] is not None), None)
+    default made on the same backend and device (:func:`baseline`), of any of its seed runs:
+    ``split_fixed`` (initialisation and order only, paired by fold) and ``seed`` (split too).
+    ``value`` is the larger; NaN where no seed run is complete."""
     out = {}
     for kind in ("split_fixed", "seed"):
         runs = [p for p in points if p["backbone"] == backbone and p["factor"] == kind and p["summary"] is not None]
-        out[kind] = max((abs(100 * (p["summary"][metric] - default["summary"][metric])) for p in runs),
-                        default=math.nan) if default else math.nan
+        changes = [abs(100 * (p["summary"][metric] - base["summary"][metric])) for p in runs
+                   for base in [baseline(points, backbone, p["devices"])] if base is not None]
+        out[kind] = max(changes, default=math.nan)
         out[f"n_{kind}"] = len(runs)
     vals = [v for v in (out["split_fixed"], out["seed"]) if not math.isnan(v)]
     out["value"] = max(vals) if vals else math.nan
@@ -299,17 +324,18 @@ def effects(points, metrics=CURVE_METRICS) -> pd.DataFrame:
     seed yardstick, and whether the change is real (see :data:`METHOD`).
 
     ``call``: "real" (interval excludes 0 and the change beats the yardstick), "within chance",
-    or "no yardstick yet" (no complete seed run). ``also_differs`` names a backend or device
-    that differs from the default's.
+    or "no yardstick yet" (no complete seed run). Each run is compared with the default made with
+    the same backend on the same device where there is one (:func:`baseline`); ``also_differs``
+    names the run's backend and device where they still differ from its baseline's.
     """
     rows = []
     for bb in ORDER:
-        default = next((p for p in points if p["backbone"] == bb and p["factor"] == "default"
-                        and p["summary"] is not None), None)
-        if default is None:
-            continue
         for p in points:
-            if p["backbone"] != bb or p["factor"] in ("default", "seed", "split_fixed") or p["summary"] is None:
+            if (p["backbone"] != bb or p["factor"] in ("default", "backend", "seed", "split_fixed")
+                    or p["summary"] is None):
+                continue
+            default = baseline(points, bb, p["devices"])
+            if default is None:
                 continue
             for m in metrics:
                 ch = paired_change(default, p, m)
@@ -325,11 +351,11 @@ def effects(points, metrics=CURVE_METRICS) -> pd.DataFrame:
                              "metric": m, "default": 100 * default["summary"][m], "run": 100 * p["summary"][m],
                              "change_pooled": ch["pooled"], "change_mean": ch["mean"], "change_low": ch["low"],
                              "change_high": ch["high"], "paired": ch["paired"], "yardstick": yard["value"],
-                             "call": call, "out": p["out"],
+                             "call": call, "out": p["out"], "baseline": default["label"],
                              "also_differs": "" if p["devices"] == default["devices"] else p["devices"]})
     return pd.DataFrame(rows, columns=["backbone", "factor", "value", "label", "metric", "default", "run",
                                        "change_pooled", "change_mean", "change_low", "change_high", "paired",
-                                       "yardstick", "call", "out", "also_differs"])
+                                       "yardstick", "call", "out", "baseline", "also_differs"])
 
 
 def _inside(value, ci) -> bool:
@@ -357,7 +383,7 @@ def verdicts(points) -> pd.DataFrame:
         bb = spec.key
         mine = [p for p in points if p["backbone"] == bb and p["summary"] is not None]
         chance = chance_points(points, bb)
-        choices = [p for p in mine if p["factor"] not in ("default", "seed", "split_fixed")]
+        choices = [p for p in mine if p["factor"] not in ("default", "backend", "seed", "split_fixed")]
         has_default = any(p["factor"] == "default" for p in chance)
         for m in METRICS:
             pub = paper.TABLE2[bb][m]
@@ -392,6 +418,8 @@ def choice_words(point) -> str:
     """
     if point["factor"] == "default":
         return FACTOR_NAMES["default"]
+    if point["factor"] == "backend":
+        return f"default, made with Keras on {str(point['value']).upper()}"
     return f"{FACTOR_NAMES[point['factor']]} {value_label(point['value'])}"
 
 
