@@ -44,6 +44,9 @@
 #   SMOKE=1 scripts/gpu_run.sh        tiny settings, to check the script (runs on a CPU too)
 #   scripts/gpu_run.sh NAME ...       only these experiments (`xray-transfer experiments list` names them)
 #   WORKERS=4 scripts/gpu_run.sh      workers in all (default: 4 per GPU, 1 on a CPU)
+#   BUDGET_S=180 scripts/gpu_run.sh   stop each `experiments run` after 180 s (the fold in progress
+#                                     is lost, every finished one kept), so that a call ends, packs its
+#                                     output and sends the compilation cache back well within its limit
 # DATASET (default .gpu/dataset.npz), GPU_DIR (default .gpu) and PYTHON (default python3) can be set.
 set -u -o pipefail
 cd "$(dirname "$0")/.."  # the repository root: lib/ is imported from there
@@ -81,6 +84,7 @@ t0=$SECONDS
   ls "$GPU_DIR"
   grid() {  # grid [nocache] ARGS...: one `experiments run`; nocache leaves JAX's compilation cache out
     local nocache=""; [ "$1" = nocache ] && { nocache=1; shift; }
+    ${BUDGET_S:+timeout -s TERM "$BUDGET_S"} \
     ${nocache:+env -u JAX_COMPILATION_CACHE_DIR -u JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS} \
       "${XT[@]}" experiments run --dataset "${DATASET:-$GPU_DIR/dataset.npz}" --out "$R" --models "$GPU_DIR/keras" \
       $SMOKE_ARG --no-progress "$@" 2>&1 \
@@ -88,6 +92,7 @@ t0=$SECONDS
   }
   rc=0
   [ ${#TRAIN[@]} -gt 0 ] && { grid ${WORKERS:+--workers $WORKERS} "${TRAIN[@]}" || rc=$?; }
+  [ "$rc" = 124 ] && [ -n "${BUDGET_S:-}" ] && { echo "stopped after BUDGET_S=$BUDGET_S s: every finished fold is kept"; rc=0; }
   [ ${#BENCH[@]} -gt 0 ] && { grid nocache --workers 1 "${BENCH[@]}" || rc=$?; }
   echo "total command time: $((SECONDS - t0)) s (rc $rc)"
   # JAX's compilation cache, for the next lease's bare machine, where it fits the way back (16 MiB a file)

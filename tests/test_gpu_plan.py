@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -246,3 +247,20 @@ def test_a_remade_run_is_compared_fold_by_fold_with_the_committed_run_of_the_sam
     run = json.loads((src / "runs" / "vgg19" / "run.json").read_text())
     (src / "runs" / "vgg19" / "run.json").write_text(json.dumps({**run, "identity_sha256": "0" * 64}))
     assert gpu_plan.agreement(src, repo) == []
+
+
+def test_a_call_stops_its_grid_at_the_budget_and_still_packs_what_finished(tmp_path):
+    """BUDGET_S stops `experiments run` (here a stand-in that would take 60 s) and the call ends
+    normally: rc 0, a line in the log, the output packed for the way back."""
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/bash\ncase "$*" in *"experiments run"*) sleep 60 ;; esac\nexit 0\n')
+    fake.chmod(0o755)
+    work = tmp_path / "gpu"
+    env = {**os.environ, "GPU_DIR": str(work), "OUT": str(tmp_path / "out"), "PYTHON": str(fake), "BUDGET_S": "2"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_run.sh"), "paper/vgg19"], env=env,
+                          capture_output=True, text=True, timeout=50)
+    assert time.perf_counter() - t0 < 30
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "stopped after BUDGET_S=2 s" in proc.stdout
+    assert (tmp_path / "out" / "gpu-out.tgz").is_file()
