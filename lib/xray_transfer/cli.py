@@ -157,7 +157,7 @@ def training_params(args) -> dict:
 def main(argv=None) -> int:
     """Run one command; on an error print its message (no traceback) and return 1."""
     args = build_parser().parse_args(argv)
-    debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    debug = is_debug(args)
     try:
         return run(args)
     except KeyboardInterrupt:
@@ -171,6 +171,11 @@ def main(argv=None) -> int:
         print(f"xray-transfer {args.cmd}: {with_flags(describe(err))}", file=sys.stderr)
         print(f"(for the Python traceback run again with --debug or {DEBUG_ENV}=1)", file=sys.stderr)
         return 1
+
+
+def is_debug(args) -> bool:
+    """Whether ``--debug`` or ``XRAY_DEBUG=1`` asks for tracebacks (and Dask's INFO lines)."""
+    return getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
 def describe(err: BaseException) -> str:
@@ -311,7 +316,7 @@ def experiments(args) -> int:
         print("nothing to make: every experiment chosen is done (`xray-transfer experiments list`)")
         return 0
     print(f"to make, in priority order: {', '.join(e.name for e in todo)}")
-    client, kind = grid.connect(args.scheduler, args.workers)
+    client, kind = grid.connect(args.scheduler, args.workers, debug=is_debug(args))
     try:
         on_done = (grid.after_each_task(args.out, args.dataset, commit=args.commit, pages=args.pages)
                    if args.commit or args.pages else None)
