@@ -82,6 +82,26 @@ def test_final_refuses_to_overwrite_a_model_it_did_not_write(dataset, tmp_path, 
     assert model.read_bytes() == b"someone else's model"
 
 
+def test_final_takes_the_training_flags_of_train_and_records_them(dataset, tmp_path, capsys):
+    model = tmp_path / "mobilenet.keras"
+    status, out, err = run(capsys, "final", "--dataset", dataset, "--backbone", "mobilenet", "--weights", "none",
+                           "--out", model, "--epochs", "1", "--batch-size", "4", "--image-size", "40", "53",
+                           "--scaling", "unit", "--resize", "stretch", "--augment", "light", "--seed", "3")
+    assert status == 0, err
+    params = json.loads(model.with_suffix(".json").read_text())["params"]
+    assert {k: params[k] for k in ("scaling", "resize", "augment", "seed", "batch_size", "image_size")} == {
+        "scaling": "unit", "resize": "stretch", "augment": "light", "seed": 3, "batch_size": 4, "image_size": [40, 53]}
+
+
+@pytest.mark.parametrize("flag", ["--scaling", "--resize", "--augment", "--batchnorm"])
+@pytest.mark.parametrize("cmd", ["final", "train"])
+def test_a_bad_choice_names_its_flag_in_one_line(dataset, tmp_path, capsys, cmd, flag):
+    status, _, err = run(capsys, cmd, "--dataset", dataset, "--backbone", "mobilenet", "--weights", "none",
+                         "--out", tmp_path / ("out.keras" if cmd == "final" else "run"), flag, "bogus")
+    assert_refused(status, err, f"{flag} must be one of (", "got 'bogus'")
+    assert not list(tmp_path.iterdir())
+
+
 def test_pack_refuses_to_overwrite_a_file_it_did_not_write(dataset, tmp_path, capsys):
     other = tmp_path / "other.npz"
     other.write_bytes(b"not ours")

@@ -19,7 +19,8 @@ DEBUG_ENV = "XRAY_DEBUG"
 #: The library's messages name Python arguments; the command line's name its flags.
 FLAGS = [(r"\ballow_shortfall=True", "--allow-shortfall"), (r"\bon_error='skip'", "--skip-bad"),
          (r"\bselect_from=", "--select-from "), (r"\bdata_dir\b", "--data"),
-         (r"\b(n_splits|epochs|batch_size|learning_rate|seed|limit|image_size)\b(?= must)",
+         (r"\b(n_splits|epochs|batch_size|learning_rate|seed|limit|image_size|batchnorm|scaling|resize|augment)"
+          r"\b(?= must)",
           lambda m: "--" + m.group(1).replace("_", "-"))]
 
 
@@ -49,41 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--out", default="data/dataset.npz")
 
     t = add("train", help="cross-validate one backbone (resumes finished folds)")
-    t.add_argument("--dataset", default="data/dataset", help="dataset folder or .npz pack")
+    add_training_args(t)
     t.add_argument("--out", required=True, help="run folder (artifacts)")
-    t.add_argument("--backbone", required=True)
-    t.add_argument("--weights", default="offline",
-                   help="'offline' (the registered ImageNet file in $XRAY_WEIGHTS_DIR, default ../shared/weights), "
-                        "'imagenet' (Keras download), 'none' (random) or a .weights.h5 path")
-    t.add_argument("--batchnorm", default="keras2", choices=["keras2", "batch_statistics", "inference"])
     t.add_argument("--n-splits", type=int, default=10)
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--learning-rate", type=float, default=1e-4)
-    t.add_argument("--seed", type=int, default=0,
-                   help="draws the fold split (unless --split-seed), the random initial weights and dropout, "
-                        "and the batch order")
     t.add_argument("--split-seed", type=int, default=None,
-                   help="draw the folds with this seed instead (default: --seed), to hold the split fixed")
-    t.add_argument("--scaling", default="preprocess_input", choices=["preprocess_input", "unit"],
-                   help="pixel scaling: each backbone's preprocess_input (default) or plain [0, 1]")
-    t.add_argument("--resize", default="letterbox", choices=["letterbox", "stretch"],
-                   help="letterboxed images (default) or the X-ray stretched to fill the frame")
-    t.add_argument("--augment", default="none", choices=["none", "light"],
-                   help="light: small random rotations, shifts and zoom while training (no flip)")
+                   help="draw the folds with this seed instead of --seed, to hold the split fixed")
     t.add_argument("--limit", type=int, default=None, help="stratified subset of this many images")
     t.add_argument("--group-by-patient", action="store_true")
     t.add_argument("--image-mask", default="none", choices=["none", "lungs_hidden", "lungs_hidden_in_frame"])
     t.add_argument("--fast", default="auto", choices=["auto", "on", "off"])
-    t.add_argument("--image-size", type=int, nargs=2, default=[200, 266], metavar=("HEIGHT", "WIDTH"))
 
+    # no --split-seed: a final model trains on every image, so no folds are drawn
     f = add("final", help="train on all images with the protocol and save the model (.keras)")
-    f.add_argument("--dataset", default="data/dataset")
-    f.add_argument("--backbone", required=True)
-    f.add_argument("--weights", default="offline", help="as for train")
-    f.add_argument("--batchnorm", default="keras2", choices=["keras2", "batch_statistics", "inference"])
+    add_training_args(f)
     f.add_argument("--out", default=None, help="model file (default data/models/<backbone>.keras)")
-    f.add_argument("--epochs", type=int, default=10)
 
     q = add("predict", help="class probabilities for every X-ray in a folder (CSV)")
     q.add_argument("--model", required=True, help="a .keras file from `xray-transfer final`")
@@ -136,10 +116,48 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def add_training_args(parser: argparse.ArgumentParser) -> None:
+    """Add the flags that ``train`` and ``final`` share (see :func:`training_params`).
+
+    The choices of --batchnorm, --scaling, --resize and --augment are checked by
+    :func:`xray_transfer.train.make_config`, so a bad value gets its one-line message (exit 1).
+    """
+    parser.add_argument("--dataset", default="data/dataset", help="dataset folder or .npz pack")
+    parser.add_argument("--backbone", required=True)
+    parser.add_argument("--weights", default="offline",
+                        help="'offline' (the registered ImageNet file in $XRAY_WEIGHTS_DIR, default "
+                             "../shared/weights), 'imagenet' (Keras download), 'none' (random) or a .weights.h5 path")
+    parser.add_argument("--batchnorm", default="keras2", help="keras2 (default), batch_statistics or inference")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="draws the random initial weights and dropout, the batch order and (train) the folds")
+    parser.add_argument("--scaling", default="preprocess_input",
+                        help="pixel scaling: each backbone's preprocess_input (default) or unit ([0, 1])")
+    parser.add_argument("--resize", default="letterbox",
+                        help="letterbox (default) or stretch (the X-ray stretched to fill the frame)")
+    parser.add_argument("--augment", default="none",
+                        help="none (default) or light: small random rotations, shifts and zoom while training "
+                             "(no flip)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=[200, 266], metavar=("HEIGHT", "WIDTH"))
+
+
+def training_params(args) -> dict:
+    """The parameters of :func:`add_training_args` for the library, checked (one message for a bad one)."""
+    from .train import make_config
+
+    params = dict(backbone=args.backbone, weights=args.weights, batchnorm=args.batchnorm, epochs=args.epochs,
+                  batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
+                  scaling=args.scaling, resize=args.resize, augment=args.augment, image_size=tuple(args.image_size))
+    make_config(**{**params, "weights": "none"})  # the choices now; the weights file after the dataset, as before
+    return params
+
+
 def main(argv=None) -> int:
     """Run one command; on an error print its message (no traceback) and return 1."""
     args = build_parser().parse_args(argv)
-    debug = getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    debug = is_debug(args)
     try:
         return run(args)
     except KeyboardInterrupt:
@@ -153,6 +171,11 @@ def main(argv=None) -> int:
         print(f"xray-transfer {args.cmd}: {with_flags(describe(err))}", file=sys.stderr)
         print(f"(for the Python traceback run again with --debug or {DEBUG_ENV}=1)", file=sys.stderr)
         return 1
+
+
+def is_debug(args) -> bool:
+    """Whether ``--debug`` or ``XRAY_DEBUG=1`` asks for tracebacks (and Dask's INFO lines)."""
+    return getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
 def describe(err: BaseException) -> str:
@@ -214,15 +237,11 @@ def run(args) -> int:
         from .train import cross_validate
         check_apart(args.out, args.dataset, "dataset")
         check_output_folder(args.out, "run")
+        params = training_params(args)
         ds = load_dataset(args.dataset, limit=args.limit, seed=args.seed)
         fast = {"auto": "auto", "on": True, "off": False}[args.fast]
-        rec = cross_validate(ds, args.out, backbone=args.backbone, weights=args.weights,
-                             n_splits=args.n_splits, epochs=args.epochs, batch_size=args.batch_size,
-                             learning_rate=args.learning_rate, seed=args.seed, fast=fast,
-                             group_by_patient=args.group_by_patient, image_mask=args.image_mask,
-                             image_size=tuple(args.image_size), batchnorm=args.batchnorm,
-                             split_seed=args.split_seed, scaling=args.scaling, resize=args.resize,
-                             augment=args.augment)
+        rec = cross_validate(ds, args.out, n_splits=args.n_splits, fast=fast, group_by_patient=args.group_by_patient,
+                             image_mask=args.image_mask, split_seed=args.split_seed, **params)
         print(f"{args.backbone}: folds done {rec['folds_done']}, made by this process {rec.get('made_here', [])}")
     elif args.cmd == "final":
         from .data import load_dataset
@@ -230,8 +249,8 @@ def run(args) -> int:
         out = args.out or f"data/models/{args.backbone}.keras"
         check_apart(out, args.dataset, "dataset")
         check_model_path(out)
-        rec = fit_final(load_dataset(args.dataset), out, backbone=args.backbone, weights=args.weights,
-                        epochs=args.epochs, batchnorm=args.batchnorm)
+        params = training_params(args)
+        rec = fit_final(load_dataset(args.dataset), out, **params)
         print(f"{out}: sha256 {rec['model_sha256']}, {rec['fit_seconds']:.0f} s")
     elif args.cmd == "predict":
         from .predict import predict_folder
@@ -297,7 +316,7 @@ def experiments(args) -> int:
         print("nothing to make: every experiment chosen is done (`xray-transfer experiments list`)")
         return 0
     print(f"to make, in priority order: {', '.join(e.name for e in todo)}")
-    client, kind = grid.connect(args.scheduler, args.workers)
+    client, kind = grid.connect(args.scheduler, args.workers, debug=is_debug(args))
     try:
         on_done = (grid.after_each_task(args.out, args.dataset, commit=args.commit, pages=args.pages)
                    if args.commit or args.pages else None)

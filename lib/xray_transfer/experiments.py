@@ -21,6 +21,7 @@ from __future__ import annotations
 import fnmatch
 import importlib.util
 import json
+import logging
 import os
 import platform
 import shutil
@@ -352,13 +353,13 @@ def gpu_count() -> int:
     return sum(line.startswith("GPU ") for line in out.splitlines())
 
 
-def local_cluster(workers: int | None = None, dashboard_address=":8787"):
+def local_cluster(workers: int | None = None, dashboard_address=":8787", log_level: int = logging.WARNING):
     """A Dask cluster on this machine: one worker on a CPU (TensorFlow uses every core), or
     :data:`WORKERS_PER_GPU` workers sharing each GPU (``workers`` in all, spread over the GPUs).
 
     Each GPU worker sees its GPU alone and takes its share of the device memory for JAX
     (``XLA_PYTHON_CLIENT_MEM_FRACTION``, no preallocation). One thread a worker: a worker
-    trains one fold at a time.
+    trains one fold at a time. Dask logs at ``log_level`` and above (see :func:`dask_log_level`).
     """
     from distributed import Nanny, Scheduler, SpecCluster
 
@@ -375,7 +376,8 @@ def local_cluster(workers: int | None = None, dashboard_address=":8787"):
     if importlib.util.find_spec("bokeh") is None:  # Dask's dashboard needs bokeh
         dashboard_address = None
     scheduler = {"cls": Scheduler, "options": {"dashboard_address": dashboard_address, "host": "127.0.0.1"}}
-    return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=40, name="xray-transfer")
+    dask_log_level(log_level)
+    return SpecCluster(workers=specs, scheduler=scheduler, silence_logs=log_level, name="xray-transfer")
 
 
 def run_grid(experiments, dataset, root="artifacts", client=None, settings=None, weights="offline",
@@ -520,12 +522,25 @@ def after_each_task(root, dataset, repo=".", commit=False, pages=False, log=prin
     return on_done
 
 
-def connect(scheduler: str | None, workers: int | None, log=print):
-    """A Dask client: to the scheduler at ``scheduler``, or to a new :func:`local_cluster`."""
-    import logging
+def dask_log_level(level: int = logging.WARNING) -> None:
+    """Let Dask log at ``level`` and above, in this process and in the worker processes started after.
 
+    Dask's documented ``logging`` setting, as the environment variable ``DASK_LOGGING__DISTRIBUTED``:
+    a worker process reads it when it imports distributed, before any setting sent by its nanny.
+    """
+    os.environ["DASK_LOGGING__DISTRIBUTED"] = logging.getLevelName(level).lower()
+    logging.getLogger("distributed").setLevel(level)
+
+
+def connect(scheduler: str | None, workers: int | None, log=print, debug: bool = False):
+    """A Dask client: to the scheduler at ``scheduler``, or to a new :func:`local_cluster`.
+
+    Dask logs warnings and errors; with ``debug`` also its INFO lines (workers starting, ...).
+    """
     from distributed import Client
-    logging.getLogger("distributed").setLevel(logging.ERROR)
+
+    level = logging.INFO if debug else logging.WARNING
+    dask_log_level(level)
     if scheduler:
         try:
             client = Client(scheduler, timeout="5s")
@@ -533,7 +548,7 @@ def connect(scheduler: str | None, workers: int | None, log=print):
             raise ConnectionError(f"--scheduler {scheduler}: no Dask scheduler answers there ({err}); start one "
                                   "(`dask scheduler`) or leave --scheduler out for this machine") from None
         return client, f"dask scheduler {scheduler}"
-    cluster = local_cluster(workers)
+    cluster = local_cluster(workers, log_level=level)
     client = Client(cluster)
     dashboard = (f"dashboard {client.dashboard_link}" if importlib.util.find_spec("bokeh")
                  else "no dashboard (`pip install bokeh` for Dask's)")
