@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,10 @@ def protocol_flops(steps: dict, n_images: int = 1428, n_splits: int = 10, epochs
     return n_splits * per_fold + frozen
 
 
+#: The protocol :func:`main` counts: the paper's 10 folds of 10 epochs over the 1428 images.
+PROTOCOL = {"n_images": 1428, "n_splits": 10, "epochs": 10}
+
+
 def main(argv=None) -> int:
     from .models import BACKBONES
     from .provenance import environment
@@ -121,10 +126,12 @@ def main(argv=None) -> int:
             cfg = make_config(backbone=b, batchnorm=mode, weights="none")
             steps = step_flops(cfg)
             rows[f"{b}/{mode}"] = {**steps, "backbone": b, "batchnorm": mode,
-                                   "protocol_flops": protocol_flops(steps)}
+                                   "config": {k: v for k, v in cfg.items() if k != "weights"},
+                                   "protocol": PROTOCOL, "protocol_flops": protocol_flops(steps, **PROTOCOL)}
             print(f"{b:20s} {mode:16s} train {steps['train_step'] / 1e12:7.2f} TFLOP/batch  "
                   f"protocol {rows[f'{b}/{mode}']['protocol_flops'] / 1e15:6.2f} PFLOP", flush=True)
     record = {"what": "XLA cost_analysis FLOPs per batch of each step, and per 10-fold protocol",
+              "command": "python -m xray_transfer.flops " + " ".join(argv if argv is not None else sys.argv[1:]),
               "environment": environment(), "rows": rows}
     out = Path(args.out)
     tmp = out.with_suffix(".tmp")
