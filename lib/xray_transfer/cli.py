@@ -23,6 +23,12 @@ FLAGS = [(r"\ballow_shortfall=True", "--allow-shortfall"), (r"\bon_error='skip'"
           lambda m: "--" + m.group(1).replace("_", "-"))]
 
 
+#: ``--precision`` of the training commands (``xray_transfer.models.PRECISIONS``).
+PRECISION_FLAG = dict(choices=["float32", "mixed_bfloat16"], default="float32",
+                      help="arithmetic: float32 (default) or mixed_bfloat16 (bfloat16 compute, float32 weights; "
+                           "an option for speed on a GPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     debug = argparse.ArgumentParser(add_help=False)
@@ -76,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-mask", default="none", choices=["none", "lungs_hidden", "lungs_hidden_in_frame"])
     t.add_argument("--fast", default="auto", choices=["auto", "on", "off"])
     t.add_argument("--image-size", type=int, nargs=2, default=[200, 266], metavar=("HEIGHT", "WIDTH"))
+    t.add_argument("--precision", **PRECISION_FLAG)
 
     f = add("final", help="train on all images with the protocol and save the model (.keras)")
     f.add_argument("--dataset", default="data/dataset")
@@ -84,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batchnorm", default="keras2", choices=["keras2", "batch_statistics", "inference"])
     f.add_argument("--out", default=None, help="model file (default data/models/<backbone>.keras)")
     f.add_argument("--epochs", type=int, default=10)
+    f.add_argument("--precision", **PRECISION_FLAG)
 
     q = add("predict", help="class probabilities for every X-ray in a folder (CSV)")
     q.add_argument("--model", required=True, help="a .keras file from `xray-transfer final`")
@@ -100,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n-splits", type=int, default=10, help="folds of the protocol the times are for")
     b.add_argument("--protocol-epochs", type=int, default=10, help="epochs of the protocol the times are for")
     b.add_argument("--image-size", type=int, nargs=2, default=[200, 266], metavar=("HEIGHT", "WIDTH"))
+    b.add_argument("--precision", **PRECISION_FLAG)
 
     e = add("experiments", help="every experiment of the book: list them, or run any part of them on Dask")
     esub = e.add_subparsers(dest="action", required=True)
@@ -124,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--pages", action="store_true", help="render the training page of each run as it completes "
                     "(and, after a paper run, Tables 1-3 and README's block)")
     er.add_argument("--no-progress", action="store_true", help="no progress bar")
+    er.add_argument("--precision", choices=PRECISION_FLAG["choices"], default=None,
+                    help="train every chosen experiment in this precision (default: each one's own); "
+                         "only with --smoke, unless it is each one's own")
 
     x = add("execute", help="execute a chapter with papermill, refusing parameters the chapter does not have")
     x.add_argument("notebook", help="the chapter as .ipynb (`make run` converts notebooks/<chapter>.md)")
@@ -222,7 +234,7 @@ def run(args) -> int:
                              group_by_patient=args.group_by_patient, image_mask=args.image_mask,
                              image_size=tuple(args.image_size), batchnorm=args.batchnorm,
                              split_seed=args.split_seed, scaling=args.scaling, resize=args.resize,
-                             augment=args.augment)
+                             augment=args.augment, precision=args.precision)
         print(f"{args.backbone}: folds done {rec['folds_done']}, made by this process {rec.get('made_here', [])}")
     elif args.cmd == "final":
         from .data import load_dataset
@@ -231,7 +243,7 @@ def run(args) -> int:
         check_apart(out, args.dataset, "dataset")
         check_model_path(out)
         rec = fit_final(load_dataset(args.dataset), out, backbone=args.backbone, weights=args.weights,
-                        epochs=args.epochs, batchnorm=args.batchnorm)
+                        epochs=args.epochs, batchnorm=args.batchnorm, precision=args.precision)
         print(f"{out}: sha256 {rec['model_sha256']}, {rec['fit_seconds']:.0f} s")
     elif args.cmd == "predict":
         from .predict import predict_folder
@@ -245,7 +257,8 @@ def run(args) -> int:
         from .benchmark import run_benchmark
         check_apart(args.out, args.dataset, "dataset")  # run_benchmark checks benchmark.json before any work
         run_benchmark(args.dataset, args.out, backbones=args.backbones, epochs=args.epochs, limit=args.limit,
-                      n_splits=args.n_splits, protocol_epochs=args.protocol_epochs, image_size=tuple(args.image_size))
+                      n_splits=args.n_splits, protocol_epochs=args.protocol_epochs, image_size=tuple(args.image_size),
+                      precision=args.precision)
     elif args.cmd == "experiments":
         return experiments(args)
     elif args.cmd == "execute":
@@ -279,6 +292,11 @@ def experiments(args) -> int:
     if not Path(args.dataset).exists():
         raise FileNotFoundError(f"--dataset {args.dataset}: not found; `make dataset` assembles it, `make pack` packs it")
     todo = [e for e in chosen if states[e.name]["state"] != "done"]
+    other = [e.name for e in todo if args.precision and args.precision != e.params.get("precision", "float32")]
+    if other and not args.smoke:
+        raise ValueError(f"--precision {args.precision}: {', '.join(other[:3])}{' ...' if len(other) > 3 else ''} "
+                         f"would hold a run its name does not describe; run the 'precision/*' experiments, or "
+                         "check a grid with --smoke and another --out")
     device = "gpu" if grid.gpu_count() else "cpu"
     refused = {e.name: why for e in todo if (why := grid.check_machine(e, device))}
     if refused and args.names:
@@ -301,7 +319,8 @@ def experiments(args) -> int:
     try:
         on_done = (grid.after_each_task(args.out, args.dataset, commit=args.commit, pages=args.pages)
                    if args.commit or args.pages else None)
-        entries = grid.run_grid(todo, args.dataset, args.out, client, settings=grid.SMOKE if args.smoke else None,
+        settings = {**(grid.SMOKE if args.smoke else {}), **({"precision": args.precision} if args.precision else {})}
+        entries = grid.run_grid(todo, args.dataset, args.out, client, settings=settings or None,
                                 weights=args.weights, models=args.models, scheduler=kind, on_done=on_done,
                                 progress=not args.no_progress)
     finally:
