@@ -82,3 +82,68 @@ def test_benchmark_keeps_the_rows_of_an_earlier_call_with_the_same_settings(reco
     other = benchmark.run_benchmark(tiny_dataset(), tmp_path, backbones=["vgg19"], protocol_epochs=5, **settings)
     assert other["backbones"]["vgg19"]["plain"] != rec["backbones"]["vgg19"]["plain"]
     assert set(other["backbones"]) == {"vgg19"}
+
+
+# ---------------------------------------------------------------- TFLOP/s and the chip's limit (synthetic records)
+
+H200 = {"backend": "jax", "device": "gpu: NVIDIA H200", "versions": {}}
+FLOPS = {"rows": {
+    "vgg19/keras2": {"backbone": "vgg19", "batchnorm": "keras2", "fast_path": True, "batch_size": 64,
+                     "image_size": [200, 266], "train_step": 0.4e12, "predict_step": 0.1e12, "frozen_step": 0.2e12},
+    "vgg19/keras2/whole": {"backbone": "vgg19", "batchnorm": "keras2", "fast_path": False, "batch_size": 64,
+                           "image_size": [200, 266], "train_step": 2.8e12, "predict_step": 1.0e12, "frozen_step": 0.0}}}
+OURS = {"fast_path": True, "n_train": 1285, "protocol_seconds": 100.0, "steady_epoch_seconds": 2.0}
+
+
+def bench_record(**changes):
+    rec = {"environment": H200, "n_images": 1428, "n_splits": 10, "protocol_epochs": 10, "epochs": 2,
+           "image_size": [200, 266], "batch_size": 64, "batchnorm": "keras2", "precision": "float32"}
+    return {**rec, **changes}
+
+
+def test_throughput_divides_the_protocols_flop_count_by_its_seconds_and_the_tf32_peak():
+    t = benchmark.throughput(bench_record(), "vgg19", "fast", OURS, FLOPS)
+    # by hand: per fold 10 epochs of 1285.2 / 64 training batches and 3 padded batches of the 142.8
+    # held-out images; the frozen part once over 23 batches
+    fold = 10 * 1285.2 / 64 * 0.4e12 + 10 * 3 * 0.1e12
+    assert t["protocol_flops"] == pytest.approx(10 * fold + 23 * 0.2e12)
+    assert t["protocol_tflops_per_second"] == pytest.approx(t["protocol_flops"] / 100 / 1e12)
+    assert t["steady_tflops_per_second"] == pytest.approx(1285 / 64 * 0.4e12 / 2.0 / 1e12)
+    assert t["arithmetic"] == "tf32" and t["peak_tflops"] == 494.5  # float32 on an H200 under XLA's default
+    assert t["share_of_peak"] == pytest.approx(t["protocol_tflops_per_second"] / 494.5)
+    plain = benchmark.throughput(bench_record(), "vgg19", "plain", {**OURS, "fast_path": False}, FLOPS)
+    # the whole network's count, the held-out fold predicted once more per fold (after fit)
+    assert plain["protocol_flops"] == pytest.approx(10 * (10 * 1285.2 / 64 * 2.8e12 + 11 * 3 * 1.0e12))
+
+
+def test_bfloat16_is_measured_against_the_bf16_peak():
+    t = benchmark.throughput(bench_record(precision="mixed_bfloat16"), "vgg19", "fast", OURS, FLOPS)
+    assert t["arithmetic"] == "bfloat16" and t["peak_tflops"] == 989.0
+
+
+@pytest.mark.parametrize("device", ["gpu: NVIDIA A100-SXM4-80GB", "cpu: Intel(R) Xeon(R) Processor x2"])
+def test_an_unknown_chip_gets_tflops_but_no_share_and_says_so(device):
+    t = benchmark.throughput(bench_record(environment={**H200, "device": device}), "vgg19", "fast", OURS, FLOPS)
+    assert t["protocol_tflops_per_second"] > 0
+    assert t["peak_tflops"] is None and t["share_of_peak"] is None and t["steady_share_of_peak"] is None
+    assert any("no data-sheet peak" in n or "no dense peak" in n for n in t["notes"])
+
+
+def test_a_count_of_other_settings_is_refused_and_a_missing_setting_is_named():
+    t = benchmark.throughput(bench_record(image_size=[75, 100]), "vgg19", "fast", OURS, FLOPS)
+    assert t["protocol_flops"] is None and t["protocol_tflops_per_second"] is None and t["share_of_peak"] is None
+    assert any("200x266 images in batches of 64, the timing for 75x100" in n for n in t["notes"])
+    assert benchmark.throughput(bench_record(batch_size=32), "vgg19", "fast", OURS, FLOPS)["protocol_flops"] is None
+    assert benchmark.throughput(bench_record(), "mobilenet", "fast", OURS, FLOPS)["protocol_flops"] is None
+    old = {k: v for k, v in bench_record().items() if k not in ("batch_size", "batchnorm", "precision")}
+    t = benchmark.throughput(old, "vgg19", "fast", OURS, FLOPS)  # older records: the defaults then, said
+    assert t["protocol_flops"] is not None
+    assert any(n.startswith("batch size not recorded: 64") for n in t["notes"])
+
+
+def test_the_benchmark_records_each_paths_throughput_or_why_not(record):
+    row = record[0]["backbones"]["vgg19"]
+    for path in ("plain", "fast"):
+        t = row[path]["throughput"]
+        assert t["protocol_flops"] is None or t["protocol_tflops_per_second"] > 0
+    assert record[0]["precision"] == "float32" and record[0]["batch_size"] == 64

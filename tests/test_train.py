@@ -543,13 +543,14 @@ def xray_in_bands(h=200, w=266):
 def test_later_parameters_default_to_todays_behaviour():
     cfg = train.make_config()
     assert {k: cfg[k] for k in train.LATER_PARAMS} == dict(split_seed=None, scaling="preprocess_input",
-                                                           resize="letterbox", augment="none")
+                                                           resize="letterbox", augment="none", precision="float32")
 
 
 @pytest.mark.parametrize("params, match", [
     (dict(scaling="imagenet"), r"scaling must be one of \('preprocess_input', 'unit'\), got 'imagenet'"),
     (dict(resize="crop"), r"resize must be one of \('letterbox', 'stretch'\), got 'crop'"),
     (dict(augment="heavy"), r"augment must be one of \('none', 'light'\), got 'heavy'"),
+    (dict(precision="float16"), r"precision must be one of \('float32', 'mixed_bfloat16'\), got 'float16'"),
     (dict(split_seed="1"), r"split_seed must be an integer or None"),
     (dict(backbone="vgg19", augment="light", fast=True), r"fast=True caches .* augment='light'"),
 ])
@@ -567,7 +568,8 @@ def test_default_identity_is_todays_and_each_later_parameter_changes_it():
     assert train.identity_params(cfg) == {k: cfg[k] for k in todays}
     weights = {"kind": "none", "sha256": None}
     _, base = train.run_identity(cfg, weights, "m" * 64, ["a.png", "b.png"])
-    for change in (dict(split_seed=3), dict(scaling="unit"), dict(resize="stretch"), dict(augment="light")):
+    for change in (dict(split_seed=3), dict(scaling="unit"), dict(resize="stretch"), dict(augment="light"),
+                   dict(precision="mixed_bfloat16")):
         other = train.make_config(backbone="vgg19", **change)
         assert train.run_identity(other, weights, "m" * 64, ["a.png", "b.png"])[1] != base, change
     # the folds of seed itself, spelled out, are the default's
@@ -675,3 +677,54 @@ def test_every_fold_of_an_augmented_run_starts_from_the_same_augmentation_seeds(
     assert any(not np.array_equal(v.numpy(), a) for v, a in zip(trainer._extra, start))  # it drew numbers
     again = trainer.fit_fold(idx[::2], idx[1::2], dataset.labels, fold_seed=0)["probs"]
     np.testing.assert_allclose(again, first, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- precision (an option; float32 the default)
+
+
+def test_mixed_bfloat16_computes_in_bfloat16_keeps_float32_variables_and_output():
+    import keras
+
+    x = models.preprocess_input("vgg19", synthetic_dataset(n=6, h=32, w=48).images)
+    nets = {p: models.build_model("vgg19", input_shape=(32, 48, 3), seed=0, precision=p)
+            for p in ("float32", "mixed_bfloat16")}
+    assert keras.config.dtype_policy().name == "float32"  # each model built under its own policy, then restored
+    convs = {p: [layer for layer in m.layers if isinstance(layer, keras.layers.Conv2D)] for p, m in nets.items()}
+    assert {layer.compute_dtype for layer in convs["mixed_bfloat16"]} == {"bfloat16"}
+    assert {layer.compute_dtype for layer in convs["float32"]} == {"float32"}
+    assert {v.dtype for v in nets["mixed_bfloat16"].variables} == {"float32"}
+    out = {p: m.predict(x, verbose=0) for p, m in nets.items()}
+    assert out["mixed_bfloat16"].dtype == np.float32  # the softmax computes in float32
+    np.testing.assert_allclose(out["mixed_bfloat16"].sum(1), 1, atol=1e-6)
+    diff = np.abs(out["mixed_bfloat16"] - out["float32"]).max()  # same weights, other arithmetic
+    assert 0 < diff < 0.05
+
+
+def test_a_failed_build_leaves_the_global_policy_as_it_was(tmp_path):
+    import keras
+
+    bad = tmp_path / "bad.weights.h5"
+    bad.write_bytes(b"not hdf5")
+    with pytest.raises(models.WeightsUnavailable):
+        models.build_model("vgg19", input_shape=(32, 48, 3), weights=str(bad), precision="mixed_bfloat16")
+    assert keras.config.dtype_policy().name == "float32"
+
+
+@pytest.mark.parametrize("backbone", ["vgg19", "mobilenet"])  # the fast path; whole network with keras2 BatchNorm
+def test_a_mixed_bfloat16_trainer_trains_and_predicts_float32_probabilities(backbone):
+    import keras
+
+    ds = synthetic_dataset(n=12, h=32, w=48)
+    cfg = train.make_config(backbone=backbone, n_splits=2, epochs=1, batch_size=4, image_size=(32, 48),
+                            precision="mixed_bfloat16")
+    trainer = train.Trainer(cfg, ds.images)
+    assert keras.config.dtype_policy().name == "float32"
+    assert trainer.fast is (backbone == "vgg19")
+    if trainer.fast:  # the cached frozen outputs: float32 arrays
+        assert {a.dtype for a in trainer.inputs} == {np.dtype("float32")}
+    assert trainer.net.optimizer.__class__.__name__ == "Adam"  # no loss scaling for bfloat16
+    fold_of = train.make_folds(ds.labels, 2, seed=0)
+    res = trainer.fit_fold(np.flatnonzero(fold_of != 0), np.flatnonzero(fold_of == 0), ds.labels, fold_seed=1)
+    assert np.isfinite(res["history"]["loss"]).all()
+    np.testing.assert_allclose(res["probs"].sum(1), 1, atol=1e-5)
+    assert train.frozen_key(cfg, ds.images) != train.frozen_key({**cfg, "precision": "float32"}, ds.images)

@@ -22,6 +22,11 @@ so both paths start from random weights. Run it in a process of its own without 
 persistent compilation cache (``gpu_plan`` does), so that plain ``model.fit`` compiles as in
 anyone's script. The record has the same fields on every device
 (:data:`PATH_FIELDS`, :data:`ROW_FIELDS`).
+
+Each path's ``throughput`` (:func:`throughput`) divides XLA's FLOP count of the protocol
+(``artifacts/benchmark/flops.json``, :mod:`xray_transfer.flops`) by the measured seconds, and
+that by the chip's dense peak for the arithmetic used, where the count's settings are the
+benchmark's and the chip's peak is known.
 """
 from __future__ import annotations
 
@@ -34,8 +39,11 @@ import numpy as np
 
 from .data import Dataset, load_dataset
 from .models import TABLE1, build_model, preprocess_input
-from .provenance import environment
-from .train import Trainer, make_config, make_folds, resize_images
+from .provenance import environment, portable_path
+from .train import DEFAULTS, Trainer, make_config, make_folds, resize_images
+
+#: XLA's FLOP counts (``python -m xray_transfer.flops``), read by :func:`run_benchmark`.
+FLOPS_JSON = Path(__file__).resolve().parents[2] / "artifacts" / "benchmark" / "flops.json"
 
 #: Fields of one path's timings in ``benchmark.json`` (the same on a CPU and a GPU).
 PATH_FIELDS = ("setup_seconds", "feature_seconds", "first_epoch_seconds", "steady_epoch_seconds",
@@ -84,11 +92,12 @@ def _summary(setup, first, later, n_splits, protocol_epochs, feature_seconds, fa
             "n_train": int(first["n_train"]), "epochs": len(later["fit"]), "fast_path": fast}
 
 
-def time_plain(dataset, backbone, epochs=2, n_splits=10, protocol_epochs=10, seed=0, image_size=(200, 266)) -> dict:
+def time_plain(dataset, backbone, epochs=2, n_splits=10, protocol_epochs=10, seed=0, image_size=(200, 266),
+               precision="float32") -> dict:
     """Plain ``model.fit``: for each fold a fresh model, compiled and fitted on the raw images."""
     import keras
 
-    cfg = make_config(backbone=backbone, epochs=epochs, seed=seed, image_size=image_size)
+    cfg = make_config(backbone=backbone, epochs=epochs, seed=seed, image_size=image_size, precision=precision)
     h, w = cfg["image_size"]
     t0 = time.perf_counter()
     x = preprocess_input(backbone, dataset.images)
@@ -101,7 +110,7 @@ def time_plain(dataset, backbone, epochs=2, n_splits=10, protocol_epochs=10, see
             return lambda *_: marks[name].append(time.perf_counter())
 
         t0 = time.perf_counter()
-        model = build_model(backbone, input_shape=(h, w, 3), weights="none", seed=seed)
+        model = build_model(backbone, input_shape=(h, w, 3), weights="none", seed=seed, precision=precision)
         model.compile(optimizer=keras.optimizers.Adam(cfg["learning_rate"]),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         stamp = keras.callbacks.LambdaCallback(on_epoch_begin=mark("begin"), on_epoch_end=mark("end"))
@@ -117,9 +126,10 @@ def time_plain(dataset, backbone, epochs=2, n_splits=10, protocol_epochs=10, see
     return _summary(setup, folds[0], folds[1], n_splits, protocol_epochs, 0.0, False)
 
 
-def time_ours(dataset, backbone, epochs=2, n_splits=10, protocol_epochs=10, seed=0, image_size=(200, 266)) -> dict:
+def time_ours(dataset, backbone, epochs=2, n_splits=10, protocol_epochs=10, seed=0, image_size=(200, 266),
+              precision="float32") -> dict:
     """Our :class:`~xray_transfer.train.Trainer` (fast path where it pays), over the same folds."""
-    cfg = make_config(backbone=backbone, epochs=epochs, seed=seed, image_size=image_size)
+    cfg = make_config(backbone=backbone, epochs=epochs, seed=seed, image_size=image_size, precision=precision)
     t0 = time.perf_counter()
     trainer = Trainer(cfg, dataset.images)
     setup = time.perf_counter() - t0
@@ -133,7 +143,7 @@ def time_ours(dataset, backbone, epochs=2, n_splits=10, protocol_epochs=10, seed
 
 
 def run_benchmark(dataset, output_dir, backbones=None, epochs=2, limit=None, protocol_epochs=10,
-                  n_splits=10, image_size=(200, 266)) -> dict:
+                  n_splits=10, image_size=(200, 266), precision="float32", flops_json=FLOPS_JSON) -> dict:
     """Time both paths for each backbone in one process; write ``benchmark.json`` after each backbone.
 
     A ``benchmark.json`` already in ``output_dir`` with the same settings, dataset, device,
@@ -158,6 +168,11 @@ def run_benchmark(dataset, output_dir, backbones=None, epochs=2, limit=None, pro
         The protocol the whole-protocol times are for.
     image_size : (int, int), default (200, 266)
         Input size; the images are resized to it (smaller only for tests).
+    precision : {"float32", "mixed_bfloat16"}, default "float32"
+        The arithmetic of both paths (:data:`xray_transfer.models.PRECISIONS`).
+    flops_json : path, default ``artifacts/benchmark/flops.json``
+        XLA's FLOP counts; each path's ``throughput`` (:func:`throughput`) where a count with
+        the benchmark's settings is there.
     """
     from .safety import Refused, check_writable
 
@@ -173,7 +188,13 @@ def run_benchmark(dataset, output_dir, backbones=None, epochs=2, limit=None, pro
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, limit=limit)
     ds = Dataset(resize_images(ds.images, image_size), ds.labels, ds.manifest, ds.manifest_sha256)
     keys = backbones or [b.key for b in TABLE1]
+    flops_record = _read_json(flops_json)
     result = {"environment": environment(), "n_images": len(ds), "epochs": epochs, "image_size": list(image_size),
+              "batch_size": DEFAULTS["batch_size"], "batchnorm": DEFAULTS["batchnorm"], "precision": precision,
+              **_arithmetic_settings(),
+              "flops_counts": None if flops_record is None else {
+                  "file": portable_path(flops_json), "sha256": _sha256(flops_json),
+                  "commit": flops_record.get("environment", {}).get("git", {}).get("commit")},
               "fold": f"folds 1 and 2 of {n_splits}", "n_splits": n_splits, "protocol_epochs": protocol_epochs,
               "manifest_sha256": ds.manifest_sha256, "weights": "none (speed does not depend on values)",
               "persistent_compilation_cache": os.environ.get("JAX_COMPILATION_CACHE_DIR"),
@@ -188,8 +209,8 @@ def run_benchmark(dataset, output_dir, backbones=None, epochs=2, limit=None, pro
             print(f"{key:22s} measured before, at {earlier[key].get('measured_utc', '?')}: kept", flush=True)
             result["backbones"][key] = earlier[key]
             continue
-        row = {"plain": time_plain(ds, key, epochs, n_splits, protocol_epochs, image_size=image_size),
-               "fast": time_ours(ds, key, epochs, n_splits, protocol_epochs, image_size=image_size)}
+        row = {"plain": time_plain(ds, key, epochs, n_splits, protocol_epochs, image_size=image_size, precision=precision),
+               "fast": time_ours(ds, key, epochs, n_splits, protocol_epochs, image_size=image_size, precision=precision)}
         for name in ("plain", "fast"):
             print(f"{key:22s} {name:5s} steady {row[name]['steady_images_per_second']:8.1f} img/s, "
                   f"fold {row[name]['fold_seconds']:7.1f} s, protocol {row[name]['protocol_seconds']:8.1f} s",
@@ -199,6 +220,13 @@ def run_benchmark(dataset, output_dir, backbones=None, epochs=2, limit=None, pro
         row["protocol_speedup"] = row["plain"]["protocol_seconds"] / row["fast"]["protocol_seconds"]
         print(f"{key:22s} speed-up: steady x{row['steady_speedup']:.1f}, fold x{row['fold_speedup']:.1f}, "
               f"protocol x{row['protocol_speedup']:.1f}", flush=True)
+        for name in ("plain", "fast"):
+            row[name]["throughput"] = throughput(result, key, name, row[name], flops_record)
+            t = row[name]["throughput"]
+            if t["protocol_tflops_per_second"] is not None:
+                share = "" if t["share_of_peak"] is None else f", {t['share_of_peak']:.1%} of the {t['arithmetic']} peak"
+                print(f"{key:22s} {name:5s} {t['protocol_tflops_per_second']:.1f} TFLOP/s over the protocol{share}",
+                      flush=True)
         row["measured_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         result["backbones"][key] = row
         tmp = out / ".benchmark.json.tmp"
@@ -215,7 +243,7 @@ def _earlier_rows(path: Path, result: dict) -> dict:
     except (OSError, ValueError):
         return {}
     same = ("n_images", "epochs", "image_size", "n_splits", "protocol_epochs", "manifest_sha256",
-            "persistent_compilation_cache", "paths")
+            "persistent_compilation_cache", "paths", "precision", "flops_counts")
     was, now = old.get("environment", {}), result["environment"]
     if all(old.get(k) == result[k] for k in same) and all(was.get(k) == now[k] for k in ("device", "backend", "git")):
         return old.get("backbones", {})
@@ -241,3 +269,104 @@ def check_record(record: dict) -> None:
             missing += [f"{key}.{path}.{k}" for k in PATH_FIELDS if k not in row.get(path, {})]
     if missing:
         raise ValueError(f"benchmark record lacks {', '.join(missing)}; re-run `make benchmark`")
+
+
+# ---------------------------------------------------------------- FLOP/s against the chip's limit
+
+
+def _read_json(path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _sha256(path) -> str:
+    from .data import sha256_file
+    return sha256_file(path)
+
+
+def _arithmetic_settings() -> dict:
+    """What decides whether float32 runs on TF32 tensor cores: JAX's default matmul precision
+    (None: XLA's default) and ``NVIDIA_TF32_OVERRIDE``."""
+    import keras
+
+    matmul = None
+    if keras.backend.backend() == "jax":
+        import jax
+        matmul = jax.config.jax_default_matmul_precision
+    return {"matmul_precision": matmul, "tf32_override": os.environ.get("NVIDIA_TF32_OVERRIDE")}
+
+
+def settings_of(record: dict) -> tuple[dict, list[str]]:
+    """The settings a benchmark record's times are for, and notes on those it did not record.
+
+    Records made before batch size, BatchNorm mode and precision were written used the code's
+    defaults then (64, "keras2", float32): they are filled in and named in the notes.
+    """
+    notes, out = [], {}
+    for k, default in (("batch_size", 64), ("batchnorm", "keras2"), ("precision", "float32")):
+        out[k] = record.get(k)
+        if out[k] is None:
+            out[k] = default
+            notes.append(f"{k.replace('_', ' ')} not recorded: {default}, the code's default at that commit")
+    out.update(image_size=list(record["image_size"]), n_images=record["n_images"], n_splits=record["n_splits"],
+               protocol_epochs=record["protocol_epochs"])
+    return out, notes
+
+
+def count_for(flops_record: dict, backbone: str, settings: dict, fast_path: bool) -> tuple[dict | None, str]:
+    """The row of ``flops.json`` that counts a benchmark path, or None and why not.
+
+    The count must be of the same backbone, BatchNorm mode, path (fast or whole network),
+    image size and batch size as the timing.
+    """
+    rows = [r for r in (flops_record or {}).get("rows", {}).values()
+            if r.get("backbone") == backbone and r.get("batchnorm") == settings["batchnorm"]]
+    if not rows:
+        return None, f"no FLOP count of {backbone} with batchnorm={settings['batchnorm']!r}"
+    rows = [r for r in rows if r.get("fast_path") == fast_path]
+    if not rows:
+        return None, f"no FLOP count of {backbone}'s {'fast path' if fast_path else 'whole network'}"
+    for r in rows:
+        if list(r["image_size"]) == settings["image_size"] and r["batch_size"] == settings["batch_size"]:
+            return r, ""
+    r = rows[0]
+    return None, (f"the FLOP count is for {r['image_size'][0]}x{r['image_size'][1]} images in batches of "
+                  f"{r['batch_size']}, the timing for {settings['image_size'][0]}x{settings['image_size'][1]} in "
+                  f"batches of {settings['batch_size']}")
+
+
+def throughput(record: dict, backbone: str, path: str, timing: dict, flops_record: dict | None) -> dict:
+    """Achieved TFLOP/s of one path of a benchmark row, and its share of the chip's dense peak.
+
+    ``protocol_flops`` (:func:`xray_transfer.flops.protocol_flops` for the record's images,
+    folds and protocol epochs: plain fit predicts the held-out fold once more than ours) over
+    the path's ``protocol_seconds`` gives ``protocol_tflops_per_second``; the training steps
+    of one epoch over ``steady_epoch_seconds`` give ``steady_tflops_per_second``. Shares
+    (``share_of_peak``, ``steady_share_of_peak``) divide by :func:`xray_transfer.flops.peak`,
+    None where the chip's peak is not known. Everything is None, with a ``note`` saying why,
+    when ``flops_record`` has no count with the record's settings.
+    """
+    from .flops import peak, protocol_flops
+
+    settings, notes = settings_of(record)
+    env = record["environment"]
+    limit = peak(env["device"], env["backend"], settings["precision"], record.get("matmul_precision"),
+                 record.get("tf32_override"))
+    out = {"protocol_flops": None, "protocol_tflops_per_second": None, "steady_tflops_per_second": None,
+           "peak_tflops": limit["peak_tflops"], "arithmetic": limit["arithmetic"], "share_of_peak": None,
+           "steady_share_of_peak": None, "notes": notes + [limit["note"]]}
+    row, why = count_for(flops_record, backbone, settings, bool(timing["fast_path"]))
+    if row is None:
+        out["notes"].append(why)
+        return out
+    total = protocol_flops(row, settings["n_images"], settings["n_splits"], settings["protocol_epochs"],
+                           predictions=settings["protocol_epochs"] + (path == "plain"))
+    steady = timing["n_train"] / settings["batch_size"] * row["train_step"]
+    out.update(protocol_flops=total, protocol_tflops_per_second=total / timing["protocol_seconds"] / 1e12,
+               steady_tflops_per_second=steady / timing["steady_epoch_seconds"] / 1e12)
+    if limit["peak_tflops"]:
+        out["share_of_peak"] = out["protocol_tflops_per_second"] / limit["peak_tflops"]
+        out["steady_share_of_peak"] = out["steady_tflops_per_second"] / limit["peak_tflops"]
+    return out

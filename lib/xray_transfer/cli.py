@@ -24,6 +24,12 @@ FLAGS = [(r"\ballow_shortfall=True", "--allow-shortfall"), (r"\bon_error='skip'"
           lambda m: "--" + m.group(1).replace("_", "-"))]
 
 
+#: ``--precision`` of the training commands (``xray_transfer.models.PRECISIONS``).
+PRECISION_FLAG = dict(choices=["float32", "mixed_bfloat16"], default="float32",
+                      help="arithmetic: float32 (default) or mixed_bfloat16 (bfloat16 compute, float32 weights; "
+                           "an option for speed on a GPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     debug = argparse.ArgumentParser(add_help=False)
@@ -80,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n-splits", type=int, default=10, help="folds of the protocol the times are for")
     b.add_argument("--protocol-epochs", type=int, default=10, help="epochs of the protocol the times are for")
     b.add_argument("--image-size", type=int, nargs=2, default=[200, 266], metavar=("HEIGHT", "WIDTH"))
+    b.add_argument("--precision", **PRECISION_FLAG)
 
     e = add("experiments", help="every experiment of the book: list them, or run any part of them on Dask")
     esub = e.add_subparsers(dest="action", required=True)
@@ -104,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--pages", action="store_true", help="render the training page of each run as it completes "
                     "(and, after a paper run, Tables 1-3 and README's block)")
     er.add_argument("--no-progress", action="store_true", help="no progress bar")
+    er.add_argument("--precision", choices=PRECISION_FLAG["choices"], default=None,
+                    help="train every chosen experiment in this precision (default: each one's own); "
+                         "only with --smoke, unless it is each one's own")
 
     x = add("execute", help="execute a chapter with papermill, refusing parameters the chapter does not have")
     x.add_argument("notebook", help="the chapter as .ipynb (`make run` converts notebooks/<chapter>.md)")
@@ -141,6 +151,7 @@ def add_training_args(parser: argparse.ArgumentParser) -> None:
                         help="none (default) or light: small random rotations, shifts and zoom while training "
                              "(no flip)")
     parser.add_argument("--image-size", type=int, nargs=2, default=[200, 266], metavar=("HEIGHT", "WIDTH"))
+    parser.add_argument("--precision", **PRECISION_FLAG)
 
 
 def training_params(args) -> dict:
@@ -149,7 +160,8 @@ def training_params(args) -> dict:
 
     params = dict(backbone=args.backbone, weights=args.weights, batchnorm=args.batchnorm, epochs=args.epochs,
                   batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
-                  scaling=args.scaling, resize=args.resize, augment=args.augment, image_size=tuple(args.image_size))
+                  scaling=args.scaling, resize=args.resize, augment=args.augment, image_size=tuple(args.image_size),
+                  precision=args.precision)
     make_config(**{**params, "weights": "none"})  # the choices now; the weights file after the dataset, as before
     return params
 
@@ -264,7 +276,8 @@ def run(args) -> int:
         from .benchmark import run_benchmark
         check_apart(args.out, args.dataset, "dataset")  # run_benchmark checks benchmark.json before any work
         run_benchmark(args.dataset, args.out, backbones=args.backbones, epochs=args.epochs, limit=args.limit,
-                      n_splits=args.n_splits, protocol_epochs=args.protocol_epochs, image_size=tuple(args.image_size))
+                      n_splits=args.n_splits, protocol_epochs=args.protocol_epochs, image_size=tuple(args.image_size),
+                      precision=args.precision)
     elif args.cmd == "experiments":
         return experiments(args)
     elif args.cmd == "execute":
@@ -298,6 +311,11 @@ def experiments(args) -> int:
     if not Path(args.dataset).exists():
         raise FileNotFoundError(f"--dataset {args.dataset}: not found; `make dataset` assembles it, `make pack` packs it")
     todo = [e for e in chosen if states[e.name]["state"] != "done"]
+    other = [e.name for e in todo if args.precision and args.precision != e.params.get("precision", "float32")]
+    if other and not args.smoke:
+        raise ValueError(f"--precision {args.precision}: {', '.join(other[:3])}{' ...' if len(other) > 3 else ''} "
+                         f"would hold a run its name does not describe; run the 'precision/*' experiments, or "
+                         "check a grid with --smoke and another --out")
     device = "gpu" if grid.gpu_count() else "cpu"
     refused = {e.name: why for e in todo if (why := grid.check_machine(e, device))}
     if refused and args.names:
@@ -320,7 +338,8 @@ def experiments(args) -> int:
     try:
         on_done = (grid.after_each_task(args.out, args.dataset, commit=args.commit, pages=args.pages)
                    if args.commit or args.pages else None)
-        entries = grid.run_grid(todo, args.dataset, args.out, client, settings=grid.SMOKE if args.smoke else None,
+        settings = {**(grid.SMOKE if args.smoke else {}), **({"precision": args.precision} if args.precision else {})}
+        entries = grid.run_grid(todo, args.dataset, args.out, client, settings=settings or None,
                                 weights=args.weights, models=args.models, scheduler=kind, on_done=on_done,
                                 progress=not args.no_progress)
     finally:

@@ -93,6 +93,14 @@ def final_models() -> list[Experiment]:
     return [Experiment(f"final/{b}", "final", f"models/{b}.json", {"backbone": b}, priority=20) for b in BACKBONES]
 
 
+def precision_runs() -> list[Experiment]:
+    """Table 2's runs with bfloat16 compute (``precision/<backbone>/mixed_bfloat16``), on a GPU, where
+    bfloat16 pays: compared fold by fold with the float32 run of the same backend and device
+    (:func:`xray_transfer.precision.compare`)."""
+    return [Experiment(f"precision/{b}/mixed_bfloat16", "cv", f"precision/{b}/mixed_bfloat16",
+                       {"backbone": b, "precision": "mixed_bfloat16"}, priority=58, device="gpu") for b in BACKBONES]
+
+
 def robustness_runs() -> list[Experiment]:
     """The robustness grid's runs still to make (:func:`xray_transfer.robustness.experiments`), in its
     priority order, after the paper and audit runs and before the final models."""
@@ -114,6 +122,8 @@ REGISTRY: list[Experiment] = [
     # the same Xception folds as paper/xception (Keras on JAX, an H200), made with Keras on TensorFlow
     Experiment("robustness/xception/backend-tensorflow", "cv", "robustness/xception/backend-tensorflow",
                {"backbone": "xception"}, priority=60, folds=(0, 1), backend="tensorflow"),
+    # bfloat16 compute: after the robustness grid's seeds (59), before its learning rate 1e-3 (58, later here)
+    *precision_runs(),
     # the robustness grid (seeds, then learning rate 1e-3, then BatchNorm modes, then the rest)
     *robustness_runs(),
     *final_models(),

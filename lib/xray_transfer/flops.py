@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,59 @@ import numpy as np
 #: Dense peak of chips the benchmark may run on, in TFLOP/s, from the vendor's data sheet
 #: (NVIDIA H200 SXM: 67 TFLOP/s FP32, 494.5 TFLOP/s TF32 dense, 989 TFLOP/s BF16 dense).
 PEAK_TFLOPS = {"NVIDIA H200": {"float32": 67.0, "tf32": 494.5, "bfloat16": 989.0}}
+#: The arithmetic of each name in :data:`PEAK_TFLOPS`, in words.
+ARITHMETIC = {"float32": "FP32", "tf32": "TF32 tensor cores", "bfloat16": "BF16 tensor cores"}
+
+
+def arithmetic(device: str, backend: str, precision: str = "float32", matmul_precision=None,
+               tf32_override=None) -> tuple[str | None, str]:
+    """Which of a chip's peaks bounds a run's convolutions and matrix products, and why.
+
+    ``precision`` is the run's (:data:`xray_transfer.models.PRECISIONS`); ``matmul_precision`` is
+    JAX's ``jax_default_matmul_precision`` (None: XLA's default) and ``tf32_override`` the
+    ``NVIDIA_TF32_OVERRIDE`` environment variable, as the benchmark records them.
+    Returns ``(key of PEAK_TFLOPS' entry or None, reason)``; None on a CPU or with a backend
+    whose default we have not checked.
+
+    >>> arithmetic("gpu: NVIDIA H200", "jax")[0], arithmetic("gpu: NVIDIA H200", "jax", "mixed_bfloat16")[0]
+    ('tf32', 'bfloat16')
+    >>> arithmetic("cpu: Intel(R) Xeon(R) Processor x2", "tensorflow")[0] is None
+    True
+    """
+    if not device.startswith("gpu"):
+        return None, "no dense peak is known for this device"
+    if precision == "mixed_bfloat16":
+        return "bfloat16", "mixed_bfloat16: convolutions and matrix products in bfloat16"
+    if str(tf32_override) == "0":
+        return "float32", "NVIDIA_TF32_OVERRIDE=0 turns TF32 off"
+    if backend == "jax":
+        # XLA's default precision lets cuBLAS/cuDNN run float32 convolutions and matrix products
+        # on TF32 tensor cores on Ampere and later (jax-ml/jax#12008, "Many JAX tests fail on A100
+        # because of TF32 math"; jax.default_matmul_precision: 'float32' asks for full float32).
+        if matmul_precision in (None, "default", "fastest", "tensorfloat32", "bfloat16_3x"):
+            return "tf32", "float32 under JAX's default matmul precision runs on TF32 tensor cores"
+        return "float32", f"jax_default_matmul_precision={matmul_precision!r}: full float32"
+    if backend == "tensorflow":  # TF32 is on by default (tf.config.experimental.enable_tensor_float_32_execution)
+        return "tf32", "TensorFlow runs float32 convolutions and matrix products in TF32 by default"
+    return None, f"the default arithmetic of Keras on {backend} on a GPU is not checked here"
+
+
+def peak(device: str, backend: str, precision: str = "float32", matmul_precision=None,
+         tf32_override=None) -> dict:
+    """The chip's dense peak (TFLOP/s) for a run's arithmetic (:func:`arithmetic`), never a guess.
+
+    Returns ``chip``, ``arithmetic`` (a key of :data:`ARITHMETIC` or None), ``peak_tflops``
+    (None when the chip or its arithmetic is not in :data:`PEAK_TFLOPS`) and ``note``.
+
+    >>> peak("gpu: NVIDIA H200", "jax")["peak_tflops"], peak("gpu: NVIDIA A100", "jax")["peak_tflops"]
+    (494.5, None)
+    """
+    chip = device.split(": ", 1)[-1]
+    kind, why = arithmetic(device, backend, precision, matmul_precision, tf32_override)
+    value = PEAK_TFLOPS.get(chip, {}).get(kind) if kind else None
+    if kind and value is None:
+        why = f"{why}; no data-sheet peak of {chip} is recorded here"
+    return {"chip": chip, "arithmetic": kind, "peak_tflops": value, "note": why}
 
 
 def _lowered_flops(fn, *args) -> float:
@@ -85,12 +139,14 @@ def step_flops(cfg: dict) -> dict:
     return {**out, "batch_size": bs, "image_size": [h, w], "fast_path": bool(fast)}
 
 
-def protocol_flops(steps: dict, n_images: int = 1428, n_splits: int = 10, epochs: int = 10) -> float:
+def protocol_flops(steps: dict, n_images: int = 1428, n_splits: int = 10, epochs: int = 10,
+                   predictions: int | None = None) -> float:
     """FLOPs of a whole cross-validation from :func:`step_flops`' per-batch counts.
 
     Per fold: ``epochs`` passes over the training images in batches (the last one partial,
-    counted in proportion), the held-out fold predicted after every epoch in full padded
-    batches; on the fast path, the frozen part once over all images.
+    counted in proportion), the held-out fold predicted ``predictions`` times (default after
+    every epoch, as our trainer does; a plain ``model.fit`` with validation and a final predict:
+    ``epochs + 1``) in full padded batches; on the fast path, the frozen part once over all images.
 
     >>> protocol_flops({"train_step": 2.0, "predict_step": 1.0, "frozen_step": 0.0, "batch_size": 10},
     ...                n_images=100, n_splits=10, epochs=1)
@@ -99,15 +155,20 @@ def protocol_flops(steps: dict, n_images: int = 1428, n_splits: int = 10, epochs
     bs = steps["batch_size"]
     n_test = n_images / n_splits
     n_train = n_images - n_test
-    per_fold = epochs * (n_train / bs * steps["train_step"] + math.ceil(n_test / bs) * steps["predict_step"])
+    predictions = epochs if predictions is None else predictions
+    per_fold = epochs * n_train / bs * steps["train_step"] + predictions * math.ceil(n_test / bs) * steps["predict_step"]
     frozen = math.ceil(n_images / bs) * steps["frozen_step"]
     return n_splits * per_fold + frozen
+
+
+#: The protocol :func:`main` counts: the paper's 10 folds of 10 epochs over the 1428 images.
+PROTOCOL = {"n_images": 1428, "n_splits": 10, "epochs": 10}
 
 
 def main(argv=None) -> int:
     from .models import BACKBONES
     from .provenance import environment
-    from .train import make_config
+    from .train import make_config, use_fast_path
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="JSON to write")
@@ -119,12 +180,21 @@ def main(argv=None) -> int:
     for b in args.backbones:
         for mode in args.batchnorm:
             cfg = make_config(backbone=b, batchnorm=mode, weights="none")
-            steps = step_flops(cfg)
-            rows[f"{b}/{mode}"] = {**steps, "backbone": b, "batchnorm": mode,
-                                   "protocol_flops": protocol_flops(steps)}
-            print(f"{b:20s} {mode:16s} train {steps['train_step'] / 1e12:7.2f} TFLOP/batch  "
-                  f"protocol {rows[f'{b}/{mode}']['protocol_flops'] / 1e15:6.2f} PFLOP", flush=True)
+            # our trainer's path; under the benchmark's BatchNorm mode also the whole network, as a
+            # plain model.fit trains it, where ours takes the fast path
+            todo = [("", cfg)]
+            if mode == "keras2" and use_fast_path(cfg)[0]:
+                todo.append(("/whole", make_config(backbone=b, batchnorm=mode, weights="none", fast=False)))
+            for suffix, c in todo:
+                steps = step_flops(c)
+                key = f"{b}/{mode}{suffix}"
+                rows[key] = {**steps, "backbone": b, "batchnorm": mode,
+                             "config": {k: v for k, v in c.items() if k != "weights"},
+                             "protocol": PROTOCOL, "protocol_flops": protocol_flops(steps, **PROTOCOL)}
+                print(f"{key:36s} train {steps['train_step'] / 1e12:7.3f} TFLOP/batch  "
+                      f"protocol {rows[key]['protocol_flops'] / 1e15:6.2f} PFLOP", flush=True)
     record = {"what": "XLA cost_analysis FLOPs per batch of each step, and per 10-fold protocol",
+              "command": "python -m xray_transfer.flops " + " ".join(argv if argv is not None else sys.argv[1:]),
               "environment": environment(), "rows": rows}
     out = Path(args.out)
     tmp = out.with_suffix(".tmp")

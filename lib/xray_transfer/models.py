@@ -5,6 +5,7 @@ Backend-agnostic Keras 3 (TensorFlow on the CPU here, JAX on a GPU machine).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -267,6 +268,35 @@ BATCHNORM_MODES = {
 }
 
 
+#: The arithmetic a model computes in (``precision``), in words.
+PRECISIONS = {
+    "float32": "float32 throughout (Keras' default)",
+    "mixed_bfloat16": "Keras' mixed precision: layers compute in bfloat16 and keep float32 variables; "
+                      "the classifier's softmax output is float32",
+}
+
+
+@contextlib.contextmanager
+def compute_precision(precision: str = "float32"):
+    """Build the layers made inside the block with ``precision``'s Keras dtype policy (:data:`PRECISIONS`);
+    the policy set before is back after it, even on an error.
+
+    A layer keeps the policy it was built with, so a model built here computes in ``precision``
+    while a process (a Dask worker) builds its next model with the policy it had. Keras keeps the
+    global policy per thread.
+    """
+    import keras
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
 def has_frozen_batchnorm(backbone: str) -> bool:
     """Whether layers below Table 1's cutoff include BatchNormalization (all but VGG19)."""
     return get_backbone(backbone).frozen_batchnorm
@@ -312,7 +342,7 @@ def _own_default_seeds(seed: int) -> None:
 
 
 def build_model(backbone: str, input_shape=(200, 266, 3), weights="none", pooling="avg",
-                dropout=0.5, n_classes=3, seed=0, batchnorm="keras2"):
+                dropout=0.5, n_classes=3, seed=0, batchnorm="keras2", precision="float32"):
     """Build Table 1's network for ``backbone``: base frozen below the cutoff, classifier on top.
 
     Parameters
@@ -340,6 +370,9 @@ def build_model(backbone: str, input_shape=(200, 266, 3), weights="none", poolin
         update batch statistics (Keras 3, TensorFlow >= 2.2). "inference": every one
         is frozen in inference mode (the keras.io transfer-learning guide). At
         inference all three use the moving averages.
+    precision : {"float32", "mixed_bfloat16"}, default "float32"
+        The arithmetic of every layer (:data:`PRECISIONS`). The softmax is float32 in both, as
+        the Keras mixed-precision guide advises for the output layer.
 
     Returns
     -------
@@ -355,6 +388,15 @@ def build_model(backbone: str, input_shape=(200, 266, 3), weights="none", poolin
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     if batchnorm not in BATCHNORM_MODES:
         raise ValueError(f"batchnorm must be one of {BATCHNORM_MODES}, got {batchnorm!r}")
+    with compute_precision(precision):
+        return _build(spec, input_shape, weights, pooling, dropout, n_classes, seed, batchnorm)
+
+
+def _build(spec, input_shape, weights, pooling, dropout, n_classes, seed, batchnorm):
+    """:func:`build_model`'s body, under the dtype policy in force."""
+    import keras
+
+    backbone = spec.key
     keras.utils.set_random_seed(seed)
     _own_default_seeds(seed)
     ctor = getattr(keras.applications, spec.application)
@@ -403,7 +445,7 @@ def build_model(backbone: str, input_shape=(200, 266, 3), weights="none", poolin
         x = keras.layers.Dense(units, activation="relu", name=f"head_dense_{j + 1}")(x)
         if len(spec.hidden) == 2 and j == 0:
             x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
-    out = keras.layers.Dense(n_classes, activation="softmax", name="head_softmax")(x)
+    out = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="head_softmax")(x)
     return keras.Model(base.input, out, name=f"{backbone}_transfer")
 
 

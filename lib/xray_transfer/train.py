@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import (AUGMENTATIONS, BATCHNORM_MODES, SCALINGS, build_model, get_backbone, has_frozen_batchnorm,
+from .models import (AUGMENTATIONS, BATCHNORM_MODES, PRECISIONS, SCALINGS, build_model, get_backbone, has_frozen_batchnorm,
                      preprocess_input, resolve_weights, split_at_cutoff, weights_provenance, with_preprocessing)
 from .preprocess import RESIZES
 
@@ -29,10 +29,11 @@ from .preprocess import RESIZES
 DEFAULTS = dict(backbone="mobilenet", weights="none", n_splits=10, epochs=10, batch_size=64,
                 learning_rate=1e-4, dropout=0.5, pooling="avg", seed=0, image_size=(200, 266),
                 fast="auto", group_by_patient=False, image_mask="none", batchnorm="keras2",
-                split_seed=None, scaling="preprocess_input", resize="letterbox", augment="none")
+                split_seed=None, scaling="preprocess_input", resize="letterbox", augment="none",
+                precision="float32")
 #: Parameters added after runs were committed: at their default they stay out of a run's identity
 #: (:func:`run_identity`), so the committed runs keep theirs; any other value enters it.
-LATER_PARAMS = ("split_seed", "scaling", "resize", "augment")
+LATER_PARAMS = ("split_seed", "scaling", "resize", "augment", "precision")
 DEFAULT_NOTES = {
     "learning_rate": "unstated in the paper; 1e-4, a common Adam rate for fine-tuning",
     "dropout": "unstated; 0.5 (Hinton et al. 2012) between the two hidden layers",
@@ -45,6 +46,7 @@ DEFAULT_NOTES = {
             "missing ImageNet tensors) and dropout, and each fold's batch order",
     "batchnorm": "unstated; every BatchNormalization layer, frozen ones included, normalises with "
                  "batch statistics while training, as Keras 2.3 / TensorFlow 2.1 (early 2020) did",
+    "precision": "float32 arithmetic (Keras' default); mixed_bfloat16 is an option for speed",
 }
 
 
@@ -98,7 +100,8 @@ def make_config(**params) -> dict:
     if cfg["split_seed"] is not None and (isinstance(cfg["split_seed"], bool)
                                           or not isinstance(cfg["split_seed"], (int, np.integer))):
         raise ValueError(f"split_seed must be an integer or None (the folds of seed), got {cfg['split_seed']!r}")
-    for k, allowed in (("scaling", SCALINGS), ("resize", RESIZES), ("augment", AUGMENTATIONS)):
+    for k, allowed in (("scaling", SCALINGS), ("resize", RESIZES), ("augment", AUGMENTATIONS),
+                       ("precision", PRECISIONS)):
         if cfg[k] not in allowed:
             raise ValueError(f"{k} must be one of {tuple(allowed)}, got {cfg[k]!r}")
     if cfg["fast"] is True and cfg["augment"] != "none":
@@ -284,8 +287,8 @@ def use_fast_path(cfg: dict) -> tuple[bool, str]:
 
 def frozen_key(cfg: dict, images: np.ndarray) -> str:
     """What the fast path's frozen outputs depend on: backbone, initial weights, seed, size, pixels
-    (so also ``resize`` and ``image_mask``), ``scaling``, and whether frozen BatchNormalization
-    layers use batch statistics ('keras2').
+    (so also ``resize`` and ``image_mask``), ``scaling``, ``precision``, and whether frozen
+    BatchNormalization layers use batch statistics ('keras2').
 
     Otherwise the BatchNorm mode, grouping, epochs and learning rate act above the cutoff only;
     ``augment`` other than "none" turns the fast path off (:func:`use_fast_path`).
@@ -293,7 +296,7 @@ def frozen_key(cfg: dict, images: np.ndarray) -> str:
     keras2 = cfg["batchnorm"] == "keras2" and has_frozen_batchnorm(cfg["backbone"])
     h = hashlib.sha256(json.dumps([cfg["backbone"], cfg["weights"], cfg["seed"], list(cfg["image_size"]),
                                    cfg["batch_size"], keras2, cfg.get("scaling", "preprocess_input"),
-                                   images.shape, str(images.dtype)]).encode())
+                                   images.shape, str(images.dtype), cfg.get("precision", "float32")]).encode())
     h.update(np.ascontiguousarray(images).data)
     return h.hexdigest()
 
@@ -338,7 +341,7 @@ class Trainer:
         h, w = cfg["image_size"]
         self.model = build_model(cfg["backbone"], input_shape=(h, w, 3), weights=cfg["weights"],
                                  pooling=cfg["pooling"], dropout=cfg["dropout"], seed=cfg["seed"],
-                                 batchnorm=cfg["batchnorm"])
+                                 batchnorm=cfg["batchnorm"], precision=cfg.get("precision", "float32"))
         self.fast, self.fast_reason = use_fast_path(cfg)
         if self.fast:
             self._frozen, self.net = split_at_cutoff(self.model, self.spec.cutoff)
@@ -350,6 +353,8 @@ class Trainer:
         self.net.optimizer.build(self.net.trainable_variables)
         self._init_model = [v.numpy() for v in self.model.variables]
         self._init_opt = [v.numpy() for v in self.net.optimizer.variables]
+        # (mixed_bfloat16 needs no LossScaleOptimizer: bfloat16 has float32's exponent range, so small
+        # gradients do not underflow as in float16)
         # the network's own state outside the model: the augmentation's random-number generators
         self._extra = [v for v in self.net.variables if not any(v is w for w in self.model.variables)]
         self._init_extra = [v.numpy() for v in self._extra]
@@ -368,7 +373,8 @@ class Trainer:
             else:
                 feats = self._frozen.predict(preprocess_input(self.cfg["backbone"], images, self.cfg["scaling"]),
                                              batch_size=self.cfg["batch_size"], verbose=0)
-                self.inputs = feats if isinstance(feats, list) else [feats]
+                # float32 arrays whatever the layers computed in (bfloat16 under mixed_bfloat16)
+                self.inputs = [np.asarray(f, dtype=np.float32) for f in (feats if isinstance(feats, list) else [feats])]
                 if key is not None:
                     feature_store[key] = self.inputs
         else:
