@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--group-by-patient", action="store_true")
     t.add_argument("--image-mask", default="none", choices=["none", "lungs_hidden", "lungs_hidden_in_frame"])
     t.add_argument("--fast", default="auto", choices=["auto", "on", "off"])
+    t.add_argument("--folds-together", action="store_true",
+                   help="train the folds at once as one compiled JAX program (KERAS_BACKEND=jax; faster on a GPU)")
 
     # no --split-seed: a final model trains on every image, so no folds are drawn
     f = add("final", help="train on all images with the protocol and save the model (.keras)")
@@ -253,7 +255,8 @@ def run(args) -> int:
         ds = load_dataset(args.dataset, limit=args.limit, seed=args.seed)
         fast = {"auto": "auto", "on": True, "off": False}[args.fast]
         rec = cross_validate(ds, args.out, n_splits=args.n_splits, fast=fast, group_by_patient=args.group_by_patient,
-                             image_mask=args.image_mask, split_seed=args.split_seed, **params)
+                             image_mask=args.image_mask, split_seed=args.split_seed,
+                             folds_together=args.folds_together, **params)
         print(f"{args.backbone}: folds done {rec['folds_done']}, made by this process {rec.get('made_here', [])}")
     elif args.cmd == "final":
         from .data import load_dataset

@@ -561,43 +561,59 @@ def train_fold(dataset, run: dict, k: int, images=None, feature_store=None, trai
     killed mid-fold leaves no fold file and its lock is released by the system.
     Returns the fold record, or None when another process made the fold.
     """
-    from .metrics import confusion
-    from .provenance import environment, portable_path
+    made = train_folds(dataset, run, [k], images, feature_store, trainer_store, progress, made_by, on_wait)
+    return made[0] if made else None
 
+
+def train_folds(dataset, run: dict, ks, images=None, feature_store=None, trainer_store=None, progress=None,
+                made_by=None, on_wait=None, together=False) -> list[dict]:
+    """Train the folds ``ks`` of a run opened by :func:`open_run`, each held as :func:`train_fold` holds it.
+
+    One after the other, or with ``together`` all at once as one compiled JAX program
+    (:func:`xray_transfer.fold_parallel.fit_folds`: the same steps, vectorised over the folds;
+    Keras on JAX only). Either way each fold gets its own file, written atomically, and
+    ``made_by.trained`` says which. Returns the fold records made here (folds another
+    process made meanwhile are checked and left out).
+    """
     cfg, out, identity_sha256 = run["cfg"], run["out"], run["identity_sha256"]
-    path = out / f"fold-{k:02d}.json"
     fold_of, files = run["fold_of"], run["files"]
-    test_idx = np.flatnonzero(fold_of == k)
-    holder = f"fold {k} of run {identity_sha256[:12]} by {platform.node()} pid {os.getpid()}"
-    with exclusive(out / f".fold-{k:02d}.lock", holder, on_wait):
-        if path.exists():  # made while we waited for it
-            check_fold(path, identity_sha256, [files[i] for i in test_idx], run["afresh"])
-            return None
+    holder = f"folds {', '.join(map(str, ks))} of run {identity_sha256[:12]} by {platform.node()} pid {os.getpid()}"
+    with contextlib.ExitStack() as held:
+        todo = []
+        for k in sorted(ks):  # locks taken in one order, so two processes never wait on each other
+            held.enter_context(exclusive(out / f".fold-{k:02d}.lock", holder, on_wait))
+            path = out / f"fold-{k:02d}.json"
+            if path.exists():  # made while we waited for it
+                check_fold(path, identity_sha256, [files[i] for i in np.flatnonzero(fold_of == k)], run["afresh"])
+            else:
+                todo.append(k)
+        if not todo:
+            return []
         images = run_images(dataset, cfg) if images is None else images
         t0 = time.perf_counter()
         trainer = get_trainer(cfg, images, feature_store, trainer_store)
         setup_seconds = time.perf_counter() - t0
-        train_idx = np.flatnonzero(fold_of != k)
-        t0 = time.perf_counter()
-        res = trainer.fit_fold(train_idx, test_idx, dataset.labels, fold_seed=cfg["seed"] * 1000 + k, progress=progress)
-        wall = time.perf_counter() - t0
-        env = environment()
-        y_true, y_pred = dataset.labels[test_idx], res["probs"].argmax(1)
-        fit_seconds = sum(res["history"]["seconds"])
-        fold = {"fold": k, "n_train": len(train_idx), "n_test": len(test_idx),
-                "test_index": test_idx.tolist(), "test_file": [files[i] for i in test_idx],
-                "y_true": y_true.tolist(), "probs": np.round(res["probs"], 6).tolist(),
-                "confusion": confusion(y_true, y_pred).tolist(), "history": res["history"],
-                "timing": {"wall_seconds": wall, "fit_seconds": fit_seconds,
-                           "predict_seconds": res["predict_seconds"],
-                           "train_images_per_second": len(train_idx) * cfg["epochs"] / fit_seconds,
-                           "fast_path": trainer.fast},
-                "backend": env["backend"], "device": env["device"],
-                "git": env["git"],  # a resumed run's folds may come from later commits than run.json's
-                "made_by": {"host": env["host"], "process": os.getpid(), "scheduler": "none (one process)",
-                            **(made_by or {})},
-                "run_identity_sha256": identity_sha256}
-        _atomic_json(path, fold)
+        splits = [(np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)) for k in todo]
+        seeds = [cfg["seed"] * 1000 + k for k in todo]
+        if together and len(todo) > 1:
+            from .fold_parallel import fit_folds
+            t0 = time.perf_counter()
+            results = fit_folds(trainer, splits, dataset.labels, seeds, progress=progress)
+            walls = [(time.perf_counter() - t0) / len(todo)] * len(todo)  # one program: its time shared
+            how = f"together: {len(todo)} folds as one compiled JAX program (jax.vmap)"
+        else:
+            results, walls = [], []
+            for (train_idx, test_idx), seed in zip(splits, seeds):
+                t0 = time.perf_counter()
+                results.append(trainer.fit_fold(train_idx, test_idx, dataset.labels, fold_seed=seed, progress=progress))
+                walls.append(time.perf_counter() - t0)
+            how = "one fold at a time"
+        made = []
+        for k, (train_idx, test_idx), res, wall in zip(todo, splits, results, walls):
+            fold = _fold_record(dataset, run, k, train_idx, test_idx, res, wall, trainer,
+                                {**(made_by or {}), "trained": how})
+            _atomic_json(out / f"fold-{k:02d}.json", fold)
+            made.append(fold)
         feature_cache = {"used": trainer.fast, "reason": trainer.fast_reason,
                          "seconds": round(trainer.feature_seconds, 3), "setup_seconds": round(setup_seconds, 3)}
         with exclusive(out / ".run.lock", holder):  # run.json: read, update, replace, one process at a time
@@ -607,11 +623,34 @@ def train_fold(dataset, run: dict, k: int, images=None, feature_store=None, trai
             if feature_cache["setup_seconds"] >= was.get("setup_seconds", 0):  # the set-up a process paid, not a reuse
                 record["feature_cache"] = feature_cache
             _atomic_json(out / "run.json", record)
-    return fold
+    return made
+
+
+def _fold_record(dataset, run, k, train_idx, test_idx, res, wall, trainer, made_by) -> dict:
+    """The record of fold ``k`` (``fold-XX.json``) from what :meth:`Trainer.fit_fold` returned."""
+    from .metrics import confusion
+    from .provenance import environment
+
+    cfg, files = run["cfg"], run["files"]
+    env = environment()
+    y_true, y_pred = dataset.labels[test_idx], res["probs"].argmax(1)
+    fit_seconds = sum(res["history"]["seconds"])
+    return {"fold": k, "n_train": len(train_idx), "n_test": len(test_idx),
+            "test_index": test_idx.tolist(), "test_file": [files[i] for i in test_idx],
+            "y_true": y_true.tolist(), "probs": np.round(res["probs"], 6).tolist(),
+            "confusion": confusion(y_true, y_pred).tolist(), "history": res["history"],
+            "timing": {"wall_seconds": wall, "fit_seconds": fit_seconds,
+                       "predict_seconds": res["predict_seconds"],
+                       "train_images_per_second": len(train_idx) * cfg["epochs"] / fit_seconds,
+                       "fast_path": trainer.fast},
+            "backend": env["backend"], "device": env["device"],
+            "git": env["git"],  # a resumed run's folds may come from later commits than run.json's
+            "made_by": {"host": env["host"], "process": os.getpid(), "scheduler": "none (one process)", **made_by},
+            "run_identity_sha256": run["identity_sha256"]}
 
 
 def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, feature_store=None, trainer_store=None,
-                   **params) -> dict:
+                   folds_together=False, **params) -> dict:
     """Run (or resume) k-fold cross-validation and write one artifact per fold.
 
     Parameters
@@ -631,6 +670,10 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, featur
         Frozen outputs shared with other runs in this process (see :class:`Trainer`).
     trainer_store : dict, optional
         Trainers shared with other runs in this process (see :func:`get_trainer`).
+    folds_together : bool, default False
+        Train the folds still to do at once, as one compiled JAX program
+        (:mod:`xray_transfer.fold_parallel`; Keras on JAX only). The same protocol and seeds:
+        it changes the speed, not the run (its identity is the same).
     **params
         Training parameters, see :data:`DEFAULTS` and :func:`make_config`.
 
@@ -641,6 +684,9 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, featur
     """
     from tqdm import tqdm
 
+    if folds_together:
+        from .fold_parallel import check_backend
+        check_backend()  # before the run folder is made
     run = open_run(dataset, output_dir, **params)
     cfg, todo = run["cfg"], run["todo"]
     if folds_to_run is not None:
@@ -650,11 +696,15 @@ def cross_validate(dataset, output_dir, progress=True, folds_to_run=None, featur
     images = run_images(dataset, cfg)
     bar = tqdm(total=len(todo) * cfg["epochs"], desc=f"{cfg['backbone']} folds {todo[0]}-{todo[-1]}",
                unit="epoch", disable=not progress, file=sys.stdout, mininterval=1.0)
+    wait = lambda who: print(f"waiting for {who}", file=sys.stderr)  # noqa: E731
     made = []
-    for k in todo:
+    if folds_together:
+        bar.set_description(f"{cfg['backbone']} {len(todo)} folds together")
+        made = [f["fold"] for f in train_folds(dataset, run, todo, images, feature_store, trainer_store,
+                                               progress=bar, on_wait=wait, together=True)]
+    for k in [] if folds_together else todo:
         bar.set_description(f"{cfg['backbone']} fold {k + 1}/{cfg['n_splits']}")
-        if train_fold(dataset, run, k, images, feature_store, trainer_store, progress=bar,
-                      on_wait=lambda who: print(f"waiting for {who}", file=sys.stderr)) is not None:
+        if train_fold(dataset, run, k, images, feature_store, trainer_store, progress=bar, on_wait=wait) is not None:
             made.append(k)
     bar.close()
     return {**json.loads((run["out"] / "run.json").read_text()), "made_here": made}
