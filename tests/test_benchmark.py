@@ -147,3 +147,33 @@ def test_the_benchmark_records_each_paths_throughput_or_why_not(record):
         t = row[path]["throughput"]
         assert t["protocol_flops"] is None or t["protocol_tflops_per_second"] > 0
     assert record[0]["precision"] == "float32" and record[0]["batch_size"] == 64
+
+
+def test_the_cost_chapters_throughput_table_and_figure_draw_the_gpus_peak_and_name_what_is_missing(tmp_path):
+    import json
+
+    import matplotlib
+    matplotlib.use("Agg")
+    from xray_transfer import plots, results
+
+    flops = tmp_path / "flops.json"
+    flops.write_text(json.dumps(FLOPS))
+    row = {"plain": {**OURS, "fast_path": False, "protocol_seconds": 400.0}, "fast": OURS}
+    gpu = {**bench_record(), "backbones": {"vgg19": row}}
+    cpu = {**bench_record(environment={"backend": "tensorflow", "device": "cpu: Intel(R) Xeon(R) Processor x2"}),
+           "backbones": {"vgg19": row, "mobilenet": row}}
+    assert results.benchmark_throughput([cpu, gpu], tmp_path / "absent.json") is None
+    df = results.benchmark_throughput([cpu, gpu], flops)
+    assert list(df["path"][:2]) == ["plain model.fit", "ours"]
+    on_gpu = df[(df["device"] == "NVIDIA H200") & (df["path"] == "ours")].iloc[0]
+    expected = benchmark.throughput(gpu, "vgg19", "fast", OURS, FLOPS)
+    assert on_gpu["protocol_tflops"] == pytest.approx(expected["protocol_tflops_per_second"])
+    assert on_gpu["share"] == pytest.approx(expected["protocol_tflops_per_second"] / 494.5)
+    assert df[df["device"].str.startswith("CPU")]["share"].isna().all()  # no data-sheet peak for a CPU
+    fig = plots.plot_throughput(df)
+    cpu_ax, gpu_ax = fig.axes
+    assert [ln.get_xdata()[0] for ln in gpu_ax.lines if ln.get_color() == "crimson"] == [494.5]
+    assert not [ln for ln in cpu_ax.lines if ln.get_color() == "crimson"]
+    texts = [t.get_text() for t in gpu_ax.texts]
+    assert "not measured" in texts  # MobileNet has no GPU row
+    assert any(t.endswith(f"({on_gpu['share']:.0%})") for t in texts)

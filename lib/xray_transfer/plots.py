@@ -253,3 +253,56 @@ def plot_saliency_grid(cases, maps, masks, width=7.4, max_per_row=4):
                 ax.set_title(f"{true} \u2192 {call}")
         fig.tight_layout(pad=0.3, w_pad=0.3, h_pad=0.6)
     return fig
+
+
+def plot_throughput(df, width=7.4):
+    """Achieved TFLOP/s per network, plain ``model.fit`` against ours, a panel per device.
+
+    ``df`` is :func:`xray_transfer.results.benchmark_throughput`'s table. Bars: the whole
+    protocol (compilation and set-up included); ticks: a steady epoch. A device whose dense
+    peak is known has it drawn as a line, with the share of it written at each bar.
+    """
+    import matplotlib.pyplot as plt
+
+    devices = list(dict.fromkeys(df["device"]))
+    nets = list(dict.fromkeys(df["network"]))  # every panel has every network's place, measured or not
+    y = np.arange(len(nets))
+    fig, axes = plt.subplots(1, len(devices), figsize=(width, 0.5 * len(nets) + 1.9), squeeze=False, sharey=True)
+    colors = {"plain model.fit": "#9e9e9e", "ours": "#1f77b4"}
+    for ax, device in zip(axes[0], devices):
+        d = df[df["device"] == device]
+        for j, (path, color) in enumerate(colors.items()):
+            p = d[d["path"] == path].set_index("network").reindex(nets)
+            pos = y + (j - 0.5) * 0.38
+            ax.barh(pos, p["protocol_tflops"], height=0.36, color=color, label=f"{path}: whole protocol")
+            ax.plot(p["steady_tflops"], pos, "|", color="black", markersize=9,
+                    label="steady epoch" if j == 1 else None)
+            for yy, v, tick, share in zip(pos, p["protocol_tflops"], p["steady_tflops"], p["share"]):
+                if np.isfinite(v):  # the label after the bar and its tick
+                    ax.annotate((f"{v:,.1f}" if v >= 1 else f"{v:.2f}") + ("" if not np.isfinite(share) else f" ({share:.0%})"),
+                                (np.nanmax([v, tick]), yy),
+                                xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+        peak = d["peak_tflops"].dropna()
+        if len(peak):
+            arith = d["arithmetic"].dropna().iloc[0]
+            ax.axvline(peak.iloc[0], color="crimson", lw=1.2)
+            ax.annotate(f"dense {arith.upper()} peak\n{peak.iloc[0]:,.0f} TFLOP/s", (peak.iloc[0], 0.98),
+                        xycoords=ax.get_xaxis_transform(), xytext=(-4, 0), textcoords="offset points", ha="right", va="top", fontsize=7,
+                        color="crimson")
+            ax.set_xlim(0, peak.iloc[0] * 1.03)
+        else:
+            ax.set_xlim(0, np.nanmax(d[["protocol_tflops", "steady_tflops"]].to_numpy()) * 1.45)
+            ax.text(0.98, 0.02, "no data-sheet peak", transform=ax.transAxes, ha="right", va="bottom",
+                    fontsize=7, color="0.4")
+        for k, net in enumerate(nets):
+            if not d[d["network"] == net]["protocol_tflops"].notna().any():
+                ax.text(0.01, k, "not measured", transform=ax.get_yaxis_transform(), va="center", fontsize=7,
+                        color="0.4")
+        ax.set_title(device, fontsize=9)
+        ax.set_xlabel("achieved TFLOP/s")
+    axes[0][0].set_yticks(y, nets)
+    axes[0][0].invert_yaxis()  # shared: Table 1's order from the top
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig

@@ -590,6 +590,37 @@ def benchmark_table(paths) -> tuple[pd.DataFrame, list[dict]] | None:
     return pd.DataFrame(rows), records
 
 
+def benchmark_throughput(records, flops_path) -> pd.DataFrame | None:
+    """Achieved TFLOP/s of each benchmark path against the chip's dense peak; None without FLOP counts.
+
+    A row per record, backbone and path (``plain``, ``ours``), from
+    :func:`xray_transfer.benchmark.throughput`: XLA's FLOP count of the protocol
+    (``flops_path``, :mod:`xray_transfer.flops`) over the measured protocol seconds
+    (``protocol_tflops``) and over a steady epoch's seconds (``steady_tflops``); ``share`` and
+    ``steady_share`` of ``peak_tflops`` (NaN where no data-sheet peak is known: a CPU).
+    ``notes`` says which arithmetic the peak is for and what the record did not state.
+    """
+    from .benchmark import throughput
+
+    try:
+        counts = json.loads(Path(flops_path).read_text())
+    except (OSError, ValueError):
+        return None
+    rows = []
+    for bench in records:
+        for key, r in bench["backbones"].items():
+            for path, label in (("plain", "plain model.fit"), ("fast", "ours")):
+                t = throughput(bench, key, path, r[path], counts)
+                rows.append({"device": short_device(bench["environment"]["device"]), "backbone": key,
+                             "network": get_backbone(key).name, "path": label,
+                             "protocol_tflops": t["protocol_tflops_per_second"],
+                             "steady_tflops": t["steady_tflops_per_second"], "peak_tflops": t["peak_tflops"],
+                             "arithmetic": t["arithmetic"], "share": t["share_of_peak"],
+                             "steady_share": t["steady_share_of_peak"], "notes": t["notes"]})
+    return pd.DataFrame(rows).astype({"protocol_tflops": float, "steady_tflops": float, "peak_tflops": float,
+                                      "share": float, "steady_share": float})
+
+
 def benchmark_absent(record) -> list[str]:
     """The Table 1 networks a ``benchmark.json`` record has no row for (a run stopped early), in Table 1's order."""
     return [b.name for b in TABLE1 if b.key not in record["backbones"]]
