@@ -41,6 +41,12 @@
 #                                     the audit runs, the final models and the GPU benchmark; `make
 #                                     gpu-adopt` then compares each run with the committed one of the
 #                                     same identity, fold by fold (gpu_plan.agreement)
+#   TOGETHER="vgg19 xception" scripts/gpu_run.sh
+#                                     also Table 2's run of each backbone named, its ten folds trained
+#                                     together as one vmapped JAX program (`train --folds-together`),
+#                                     timed, into .gpu/out/together/<backbone>: `make gpu-adopt` compares
+#                                     it fold by fold with the committed run (agreement.json), adopts
+#                                     nothing of it
 #   SMOKE=1 scripts/gpu_run.sh        tiny settings, to check the script (runs on a CPU too)
 #   scripts/gpu_run.sh NAME ...       only these experiments (`xray-transfer experiments list` names them)
 #   WORKERS=4 scripts/gpu_run.sh      workers in all (default: 4 per GPU, 1 on a CPU)
@@ -93,6 +99,14 @@ t0=$SECONDS
   rc=0
   [ ${#TRAIN[@]} -gt 0 ] && { grid ${WORKERS:+--workers $WORKERS} "${TRAIN[@]}" || rc=$?; }
   [ "$rc" = 124 ] && [ -n "${BUDGET_S:-}" ] && { echo "stopped after BUDGET_S=$BUDGET_S s: every finished fold is kept"; rc=0; }
+  for b in ${TOGETHER:-}; do  # Table 2's settings, the folds together (SMOKE: as the grid's smoke settings)
+    t1=$SECONDS
+    ${BUDGET_S:+timeout -s TERM "$BUDGET_S"} "${XT[@]}" train --backbone "$b" --folds-together \
+      --dataset "${DATASET:-$GPU_DIR/dataset.npz}" --out "$R/together/$b" \
+      $([ "${SMOKE:-0}" = 1 ] && echo "--n-splits 2 --epochs 1 --limit 60 --image-size 75 100") \
+      2>&1 | { grep --line-buffered -v -E "^(I0000|W0000|WARNING: All log)|cuda_timer" || true; }
+    r=${PIPESTATUS[0]}; echo "together $b: $((SECONDS - t1)) s (rc $r)"; [ "$r" = 0 ] || [ "$r" = 124 ] || rc=$r
+  done
   [ ${#BENCH[@]} -gt 0 ] && { grid nocache --workers 1 "${BENCH[@]}" || rc=$?; }
   echo "total command time: $((SECONDS - t0)) s (rc $rc)"
   # JAX's compilation cache, for the next lease's bare machine, where it fits the way back (16 MiB a file)

@@ -3,6 +3,7 @@ with smoke settings on the CPU, writing records that name the device and backend
 whose weights are not there, and packing what comes back."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -264,3 +265,40 @@ def test_a_call_stops_its_grid_at_the_budget_and_still_packs_what_finished(tmp_p
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "stopped after BUDGET_S=2 s" in proc.stdout
     assert (tmp_path / "out" / "gpu-out.tgz").is_file()
+
+
+def test_table2s_run_with_its_folds_together_is_timed_and_compared_with_the_run_made_fold_by_fold(tmp_path):
+    """TOGETHER=vgg19: the same run (same identity) as the grid's paper/vgg19, its folds trained as one
+    vmapped JAX program; the log gives its time, agreement compares it, adopt leaves it out."""
+    import keras
+    pytest.importorskip("jax")
+
+    from xray_transfer.data import synthetic_collections
+    from xray_transfer.models import OFFLINE_WEIGHTS
+
+    cxr = synthetic_collections(tmp_path / "cxr")
+    assemble(cxr, tmp_path / "ds", counts={"covid": 6, "normal": 6, "pneumonia": 6}, progress=False)
+    work = tmp_path / "gpu"
+    work.mkdir()
+    pack(tmp_path / "ds", work / "dataset.npz")
+    keras.applications.VGG19(include_top=False, weights=None, input_shape=(75, 100, 3)).save_weights(
+        work / OFFLINE_WEIGHTS["vgg19"].file)
+    env = {**os.environ, "SMOKE": "1", "TOGETHER": "vgg19", "GPU_DIR": str(work), "OUT": str(tmp_path / "out"),
+           "PYTHON": sys.executable, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    for name in ("XRAY_WEIGHTS_DIR", "DATASET"):
+        env.pop(name, None)
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_run.sh"), "paper/vgg19"], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert re.search(r"together vgg19: \d+ s \(rc 0\)", proc.stdout)
+    src = work / "out"
+    folds = [json.loads(p.read_text()) for p in sorted((src / "together" / "vgg19").glob("fold-*.json"))]
+    assert len(folds) == 2 and all(f["made_by"]["trained"].startswith("together: 2 folds") for f in folds)
+    repo = tmp_path / "repo"
+    shutil.copytree(src / "runs" / "vgg19", repo / "artifacts" / "runs" / "vgg19")  # as if committed
+    rows = {r["remade"]: r for r in gpu_plan.agreement(src, repo)}
+    row = rows["together/vgg19"]
+    assert row["committed"] == "artifacts/runs/vgg19" and row["max_prob_diff"] < 1e-3
+    (src / "gpu-log.txt").write_text("start 2026-12-06T00:00:00Z\n")
+    gpu_plan.adopt(src, repo, log=lambda *_: None)
+    assert not (repo / "artifacts" / "together").exists()  # compared, never adopted

@@ -60,12 +60,15 @@ def lease_name(gpu_log) -> str:
 
 #: Folders of an output root (laid out as ``artifacts/``) that hold cross-validation runs.
 RUN_FAMILIES = ("runs", "audit", "robustness", "precision")
+#: Runs a lease makes only to be compared with the committed ones, never adopted: ``together/<backbone>``,
+#: Table 2's runs with their folds trained together (``TOGETHER=... scripts/gpu_run.sh``).
+COMPARED_ONLY = ("together",)
 
 
-def run_dirs(root) -> list[Path]:
-    """Every run folder (one with a ``run.json``) of the :data:`RUN_FAMILIES` under ``root``."""
+def run_dirs(root, families=RUN_FAMILIES) -> list[Path]:
+    """Every run folder (one with a ``run.json``) of ``families`` under ``root``."""
     root = Path(root)
-    return sorted(p.parent for fam in RUN_FAMILIES for p in (root / fam).glob("**/run.json"))
+    return sorted(p.parent for fam in families for p in (root / fam).glob("**/run.json"))
 
 
 #: The logs a lease brings back: the grid's (one line per task) and the older plan's.
@@ -160,7 +163,7 @@ def agreement(src_root, repo=".") -> list[dict]:
         if is_complete(run) and _complete(d):
             committed.setdefault(run["record"].get("identity_sha256"), d)
     out = []
-    for d in run_dirs(src_root):
+    for d in run_dirs(src_root, RUN_FAMILIES + COMPARED_ONLY):
         match = committed.get(_identity(d))
         if match is None or not _complete(d):
             continue
