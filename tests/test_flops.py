@@ -47,3 +47,13 @@ def test_vgg19_frozen_step_counts_its_convolutions_and_counts_scale_with_the_bat
     assert 1.0 <= two["frozen_step"] / (2 * out["conv_per_image"]) < 1.02
     assert four["frozen_step"] == pytest.approx(2 * two["frozen_step"], rel=1e-3)  # twice the images, twice the work
     assert two["train_step"] > two["predict_step"] > 0  # training also runs the backward pass
+
+
+def test_the_count_never_replaces_a_file_it_did_not_write(tmp_path, capsys):
+    from xray_transfer import flops
+
+    other = tmp_path / "notes.json"
+    other.write_text('{"mine": 1}')
+    assert flops.main(["--out", str(other), "--backbones", "vgg19"]) == 1
+    assert other.read_text() == '{"mine": 1}'
+    assert "is not a FLOP count of this command, so it is left alone" in capsys.readouterr().err

@@ -181,6 +181,16 @@ def main(argv=None) -> int:
     p.add_argument("--batchnorm", nargs="+", default=["keras2", "inference"],
                    choices=["keras2", "batch_statistics", "inference"])
     args = p.parse_args(argv)
+    out = Path(args.out)
+    if out.exists():  # only an earlier count of this command is replaced
+        try:
+            ours = json.loads(out.read_text()).get("what", "").startswith("XLA cost_analysis")
+        except (ValueError, AttributeError):
+            ours = False
+        if not ours:
+            print(f"--out {out}: exists and is not a FLOP count of this command, so it is left alone; "
+                  "choose another file", file=sys.stderr)
+            return 1
     rows = {}
     for b in args.backbones:
         for mode in args.batchnorm:
@@ -201,7 +211,6 @@ def main(argv=None) -> int:
     record = {"what": "XLA cost_analysis FLOPs per batch of each step, and per 10-fold protocol",
               "command": "python -m xray_transfer.flops " + " ".join(argv if argv is not None else sys.argv[1:]),
               "environment": environment(), "rows": rows}
-    out = Path(args.out)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     tmp.replace(out)
