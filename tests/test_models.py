@@ -340,3 +340,21 @@ def test_frozen_batchnorm_flag_matches_the_built_network(key):
     cutoff = models.get_backbone(key).cutoff
     has = any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers[:cutoff])
     assert models.has_frozen_batchnorm(key) is has
+
+
+def test_keras_default_seeds_come_from_our_generator_whatever_else_draws_from_pythons(monkeypatch):
+    """A Dask worker's other threads draw from Python's global random; the initial weights must not move."""
+    import random
+
+    from keras.src.random import seed_generator
+
+    from xray_transfer.models import _own_default_seeds
+
+    _own_default_seeds(7)
+    first = [seed_generator.make_default_seed() for _ in range(3)]
+    _own_default_seeds(7)
+    random.random(), random.random()  # another thread's draws
+    assert [seed_generator.make_default_seed() for _ in range(3)] == first
+    monkeypatch.delattr(seed_generator, "python_random")  # a Keras that keeps it elsewhere
+    with pytest.raises(RuntimeError, match="no longer draws its default seeds.*requirements.txt"):
+        _own_default_seeds(7)

@@ -337,7 +337,19 @@ def _own_default_seeds(seed: int) -> None:
     """
     import random
 
-    from keras.src.random import seed_generator  # where Keras keeps that generator (keras 3.15)
+    import keras
+
+    try:  # where Keras keeps that generator (keras 3.15): a private module, so checked
+        from keras.src.random import seed_generator
+        ok = isinstance(seed_generator.python_random, random.Random) or seed_generator.python_random is random
+        ok = ok and "python_random" in seed_generator.make_default_seed.__code__.co_names
+    except (ImportError, AttributeError):
+        ok = False
+    if not ok:
+        raise RuntimeError(f"Keras {keras.__version__} no longer draws its default seeds from "
+                           "keras.src.random.seed_generator.python_random, so models built in a Dask worker "
+                           "could get other initial weights than alone; install the Keras of requirements.txt "
+                           "or update xray_transfer.models._own_default_seeds")
     seed_generator.python_random = random.Random(seed)
 
 
