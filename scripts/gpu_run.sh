@@ -47,6 +47,9 @@
 #                                     timed, into .gpu/out/together/<backbone>: `make gpu-adopt` compares
 #                                     it fold by fold with the committed run (agreement.json), adopts
 #                                     nothing of it
+#   FOLDS_TOGETHER=1 scripts/gpu_run.sh
+#                                     the grid's task is a run, its missing folds trained together
+#                                     (`experiments run --folds-together`), not a fold
 #   SMOKE=1 scripts/gpu_run.sh        tiny settings, to check the script (runs on a CPU too)
 #   scripts/gpu_run.sh NAME ...       only these experiments (`xray-transfer experiments list` names them)
 #   WORKERS=4 scripts/gpu_run.sh      workers in all (default: 4 per GPU, 1 on a CPU)
@@ -97,7 +100,8 @@ t0=$SECONDS
       | { grep --line-buffered -v -E "^(I0000|W0000|WARNING: All log)|cuda_timer" || true; }  # rc: Python's
   }
   rc=0
-  [ ${#TRAIN[@]} -gt 0 ] && { grid ${WORKERS:+--workers $WORKERS} "${TRAIN[@]}" || rc=$?; }
+  [ ${#TRAIN[@]} -gt 0 ] && { grid ${WORKERS:+--workers $WORKERS} $([ "${FOLDS_TOGETHER:-0}" = 1 ] && echo --folds-together) \
+    "${TRAIN[@]}" || rc=$?; }
   [ "$rc" = 124 ] && [ -n "${BUDGET_S:-}" ] && { echo "stopped after BUDGET_S=$BUDGET_S s: every finished fold is kept"; rc=0; }
   for b in ${TOGETHER:-}; do  # Table 2's settings, the folds together (SMOKE: as the grid's smoke settings)
     t1=$SECONDS

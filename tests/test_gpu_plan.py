@@ -302,3 +302,12 @@ def test_table2s_run_with_its_folds_together_is_timed_and_compared_with_the_run_
     (src / "gpu-log.txt").write_text("start 2026-12-06T00:00:00Z\n")
     gpu_plan.adopt(src, repo, log=lambda *_: None)
     assert not (repo / "artifacts" / "together").exists()  # compared, never adopted
+    # FOLDS_TOGETHER=1: the grid's task is a run, its folds trained together on one worker
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_run.sh"), "robustness/vgg19/seed-1"],
+                          env={**env, "TOGETHER": "", "FOLDS_TOGETHER": "1"}, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "robustness/vgg19/seed-1 fold [0, 1]: made 2 folds together" in proc.stdout
+    folds = [json.loads(p.read_text()) for p in sorted((src / "robustness/vgg19/seed-1").glob("fold-*.json"))]
+    assert [f["made_by"]["trained"] for f in folds] == ["together: 2 folds as one compiled JAX program (jax.vmap)"] * 2
+    assert all(f["made_by"]["scheduler"].startswith("dask local cluster") for f in folds)

@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--pages", action="store_true", help="render the training page of each run as it completes "
                     "(and, after a paper run, Tables 1-3 and README's block)")
     er.add_argument("--no-progress", action="store_true", help="no progress bar")
+    er.add_argument("--folds-together", action="store_true",
+                    help="a task per run: its missing folds trained at once as one compiled JAX program "
+                         "(KERAS_BACKEND=jax; the same runs, faster on a GPU)")
     er.add_argument("--precision", choices=PRECISION_FLAG["choices"], default=None,
                     help="train every chosen experiment in this precision (default: each one's own); "
                          "only with --smoke, unless it is each one's own")
@@ -337,6 +340,9 @@ def experiments(args) -> int:
         print("nothing to make: every experiment chosen is done (`xray-transfer experiments list`)")
         return 0
     print(f"to make, in priority order: {', '.join(e.name for e in todo)}")
+    if args.folds_together:
+        from .fold_parallel import check_backend
+        check_backend()  # this process's Keras is the local workers' (a remote cluster's workers check again)
     client, kind = grid.connect(args.scheduler, args.workers, debug=is_debug(args))
     try:
         on_done = (grid.after_each_task(args.out, args.dataset, commit=args.commit, pages=args.pages)
@@ -344,7 +350,7 @@ def experiments(args) -> int:
         settings = {**(grid.SMOKE if args.smoke else {}), **({"precision": args.precision} if args.precision else {})}
         entries = grid.run_grid(todo, args.dataset, args.out, client, settings=settings or None,
                                 weights=args.weights, models=args.models, scheduler=kind, on_done=on_done,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, together=args.folds_together)
     finally:
         client.close()
         if client.cluster is not None:

@@ -295,10 +295,11 @@ def run_task(task: dict) -> dict:
 
     ``task`` holds the experiment (as a dict), ``fold``, ``dataset``, ``root``, ``models``,
     ``settings`` (training parameters over the experiment's), ``weights`` and ``scheduler``.
+    A ``fold`` that is a list is a run's folds trained together (:func:`run_grid`'s ``together``).
     """
     from .gpu_plan import _compile_meter
     from .provenance import environment
-    from .train import fit_final, open_run, run_images, train_fold
+    from .train import fit_final, open_run, run_images, train_folds
 
     exp = Experiment(**task["experiment"])
     state, address = _state()
@@ -333,9 +334,11 @@ def run_task(task: dict) -> dict:
             key = (str(root / exp.out), run["identity_sha256"])
             if key not in state.images:
                 state.images = {key: run_images(dataset, run["cfg"])}  # one run's images at a time
-            fold = train_fold(dataset, run, task["fold"], state.images[key], state.features, state.trainers,
-                              made_by=made_by)
-            entry["status"] = "made by another process" if fold is None else "made"
+            together = isinstance(task["fold"], list)
+            made = train_folds(dataset, run, task["fold"] if together else [task["fold"]], state.images[key],
+                               state.features, state.trainers, made_by=made_by, together=together)
+            entry["status"] = ("made by another process" if not made else
+                               f"made {len(made)} folds together" if together else "made")
         else:
             from .safety import check_model_path
             model = Path(task["models"]) / f"{exp.params['backbone']}.keras"
@@ -391,8 +394,12 @@ def local_cluster(workers: int | None = None, dashboard_address=":8787", log_lev
 
 
 def run_grid(experiments, dataset, root="artifacts", client=None, settings=None, weights="offline",
-             models="data/models", scheduler="dask LocalCluster", on_done=None, progress=True, log=print) -> list[dict]:
+             models="data/models", scheduler="dask LocalCluster", on_done=None, progress=True, log=print,
+             together=False) -> list[dict]:
     """Make every missing task of ``experiments`` on ``client``'s cluster; return one entry per task.
+
+    A task is a fold, or with ``together`` all the missing folds of a run, trained as one
+    compiled JAX program on one worker (:mod:`xray_transfer.fold_parallel`; Keras on JAX).
 
     Tasks are submitted with their experiment's priority (the benchmark after all others, so
     it holds the device alone). Tasks that share a backbone, its weights and seed prefer the
@@ -415,7 +422,7 @@ def run_grid(experiments, dataset, root="artifacts", client=None, settings=None,
         if exp.kind == "cv":
             n_splits = settings.get("n_splits") or exp.params.get("n_splits", 10)
             folds = [k for k in folds_wanted(exp, n_splits) if not (root / exp.out / f"fold-{k:02d}.json").exists()]
-            tasks = [{**base, "fold": k} for k in folds]
+            tasks = ([{**base, "fold": folds}] if together and len(folds) > 1 else [{**base, "fold": k} for k in folds])
         else:
             tasks = [{**base, "fold": None}]
         group = json.dumps([exp.params.get(k) for k in ("backbone", "seed", "weights")])
