@@ -61,24 +61,30 @@ def test_status_says_what_artifacts_lack(tmp_path):
     assert "benchmark/gpu" not in left()  # a row for every network: done
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """scripts/gpu_run.sh with SMOKE=1 on 18 synthetic X-rays: VGG19's run, MobileNet's (no weights file
-    here: left out), VGG19's final model (sharing the run's frozen outputs) and the benchmark."""
+def staged_gpu_dir(tmp):
+    """``tmp/gpu`` as `make gpu-stage` leaves .gpu: the pack of 18 synthetic X-rays and a stand-in for
+    VGG19's offline weights file (random values, the registered name)."""
     import keras
 
     from xray_transfer.data import synthetic_collections
     from xray_transfer.models import OFFLINE_WEIGHTS
 
-    tmp = tmp_path_factory.mktemp("gpu")
     cxr = synthetic_collections(tmp / "cxr")
     assemble(cxr, tmp / "ds", counts={"covid": 6, "normal": 6, "pneumonia": 6}, progress=False)
     work = tmp / "gpu"
     work.mkdir()
     pack(tmp / "ds", work / "dataset.npz")
-    # a stand-in for VGG19's offline weights file (random values, the registered name)
     keras.applications.VGG19(include_top=False, weights=None, input_shape=(75, 100, 3)).save_weights(
         work / OFFLINE_WEIGHTS["vgg19"].file)
+    return work
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """scripts/gpu_run.sh with SMOKE=1 on 18 synthetic X-rays: VGG19's run, MobileNet's (no weights file
+    here: left out), VGG19's final model (sharing the run's frozen outputs) and the benchmark."""
+    tmp = tmp_path_factory.mktemp("gpu")
+    work = staged_gpu_dir(tmp)
     (work / "jax-cache").mkdir()  # as an earlier call of the lease left it
     (work / "jax-cache" / "an-earlier-entry").write_bytes(b"compiled")
     env = {**os.environ, "SMOKE": "1", "GPU_DIR": str(work), "OUT": str(tmp / "out"), "PYTHON": sys.executable,
@@ -270,19 +276,8 @@ def test_a_call_stops_its_grid_at_the_budget_and_still_packs_what_finished(tmp_p
 def test_table2s_run_with_its_folds_together_is_timed_and_compared_with_the_run_made_fold_by_fold(tmp_path):
     """TOGETHER=vgg19: the same run (same identity) as the grid's paper/vgg19, its folds trained as one
     vmapped JAX program; the log gives its time, agreement compares it, adopt leaves it out."""
-    import keras
     pytest.importorskip("jax")
-
-    from xray_transfer.data import synthetic_collections
-    from xray_transfer.models import OFFLINE_WEIGHTS
-
-    cxr = synthetic_collections(tmp_path / "cxr")
-    assemble(cxr, tmp_path / "ds", counts={"covid": 6, "normal": 6, "pneumonia": 6}, progress=False)
-    work = tmp_path / "gpu"
-    work.mkdir()
-    pack(tmp_path / "ds", work / "dataset.npz")
-    keras.applications.VGG19(include_top=False, weights=None, input_shape=(75, 100, 3)).save_weights(
-        work / OFFLINE_WEIGHTS["vgg19"].file)
+    work = staged_gpu_dir(tmp_path)
     env = {**os.environ, "SMOKE": "1", "TOGETHER": "vgg19", "GPU_DIR": str(work), "OUT": str(tmp_path / "out"),
            "PYTHON": sys.executable, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     for name in ("XRAY_WEIGHTS_DIR", "DATASET"):
