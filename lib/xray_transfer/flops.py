@@ -210,6 +210,8 @@ def main(argv=None) -> int:
                       f"protocol {rows[key]['protocol_flops'] / 1e15:6.2f} PFLOP", flush=True)
     record = {"what": "XLA cost_analysis FLOPs per batch of each step, and per 10-fold protocol",
               "command": "python -m xray_transfer.flops " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "weights": "none: random values (a FLOP count does not depend on them)",
+              "data": "none: random inputs of the counted shapes (no images are read)",
               "environment": environment(), "rows": rows}
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
