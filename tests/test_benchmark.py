@@ -84,6 +84,78 @@ def test_benchmark_keeps_the_rows_of_an_earlier_call_with_the_same_settings(reco
     assert set(other["backbones"]) == {"vgg19"}
 
 
+# ---------------------------------------------------------------- the together path: every fold at once (JAX)
+
+TOGETHER_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[2])
+from test_benchmark import tiny_dataset
+from xray_transfer import benchmark
+rec = benchmark.run_benchmark(tiny_dataset(), sys.argv[1], backbones=["vgg19"], epochs=2, n_splits=3,
+                              protocol_epochs=4, image_size=(40, 53), together=True)
+print(json.dumps(rec["backbones"]["vgg19"]))
+"""
+
+
+def test_the_together_path_times_every_fold_at_once_in_the_same_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    res = subprocess.run([sys.executable, "-c", TOGETHER_SCRIPT, str(tmp_path), str(Path(__file__).parent)], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    row = json.loads(res.stdout.strip().splitlines()[-1])
+    benchmark.check_record(json.loads((tmp_path / "benchmark.json").read_text()))  # together's fields included
+    both = row["together"]
+    assert both["n_folds"] == 3 and both["n_train"] == 3 * 12  # every fold's training images in one epoch
+    assert both["fast_path"] is True and both["epochs"] == 2
+    assert both["steady_images_per_second"] == pytest.approx(36 / both["steady_epoch_seconds"])
+    # the protocol: set-up, the 2 measured epochs, 2 more epochs at a later one's cost
+    assert both["protocol_seconds"] > both["setup_seconds"] + both["first_epoch_seconds"] + 2 * both["steady_epoch_seconds"]
+    assert row["together_speedup"] == pytest.approx(row["fast"]["protocol_seconds"] / both["protocol_seconds"])
+    assert "throughput" in both
+
+
+def test_the_together_path_on_tensorflow_is_refused_before_any_work(tmp_path):
+    import keras
+
+    if keras.backend.backend() == "jax":
+        pytest.skip("Keras runs on JAX here")
+    with pytest.raises(RuntimeError, match="KERAS_BACKEND=jax"):
+        benchmark.run_benchmark(tiny_dataset(), tmp_path, backbones=["vgg19"], together=True)
+    assert not list(tmp_path.iterdir())
+
+
+def test_running_out_of_memory_with_every_fold_at_once_is_recorded_and_keeps_the_row(tmp_path, monkeypatch):
+    import keras
+
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")  # the path itself is replaced below
+
+    def out_of_memory(*_, **__):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 81.2GiB.\nmore")
+
+    monkeypatch.setattr(benchmark, "time_together", out_of_memory)
+    rec = benchmark.run_benchmark(tiny_dataset(), tmp_path, backbones=["vgg19"], epochs=2, n_splits=3,
+                                  protocol_epochs=4, image_size=(40, 53), together=True)
+    row = rec["backbones"]["vgg19"]
+    assert row["together"] == {"not_measured": "out of device memory with 3 folds at once: RESOURCE_EXHAUSTED: Out "
+                                               "of memory while trying to allocate 81.2GiB."}
+    assert "together_speedup" not in row and row["fast"]["protocol_seconds"] > 0  # the other paths kept
+    benchmark.check_record(json.loads((tmp_path / "benchmark.json").read_text()))
+
+    def broken(*_, **__):
+        raise ValueError("a bug, not the device's memory")
+
+    monkeypatch.setattr(benchmark, "time_together", broken)
+    with pytest.raises(ValueError, match="a bug"):  # anything else is raised, not recorded
+        benchmark.run_benchmark(tiny_dataset(), tmp_path / "other", backbones=["vgg19"], epochs=2, n_splits=3,
+                                protocol_epochs=4, image_size=(40, 53), together=True)
+
+
 # ---------------------------------------------------------------- TFLOP/s and the chip's limit (synthetic records)
 
 H200 = {"backend": "jax", "device": "gpu: NVIDIA H200", "versions": {}}
@@ -177,3 +249,15 @@ def test_the_cost_chapters_throughput_table_and_figure_draw_the_gpus_peak_and_na
     texts = [t.get_text() for t in gpu_ax.texts]
     assert "not measured" in texts  # MobileNet has no GPU row
     assert any(t.endswith(f"({on_gpu['share']:.0%})") for t in texts)
+    # a record with the together path: a third bar where it was measured, "out of memory" where not
+    both = {**OURS, "n_train": 10 * 1285, "n_folds": 10, "protocol_seconds": 50.0, "steady_epoch_seconds": 10.0}
+    gpu["backbones"] = {"vgg19": {**row, "together": both, "together_speedup": 2.0},
+                        "mobilenet": {**row, "together": {"not_measured": "out of device memory with 10 folds"}}}
+    df = results.benchmark_throughput([gpu], flops)
+    assert list(df["path"]) == ["plain model.fit", "ours", "ours, folds together", "plain model.fit", "ours"]
+    on = df[df["path"] == "ours, folds together"].iloc[0]
+    assert on["steady_tflops"] == pytest.approx(10 * 1285 / 64 * 0.4e12 / 10.0 / 1e12)  # all ten folds' steps
+    assert on["protocol_tflops"] == pytest.approx(2 * on_gpu["protocol_tflops"])  # the same protocol in half the time
+    fig = plots.plot_throughput(df)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "ours, folds together: whole protocol" in labels

@@ -11,6 +11,12 @@ same folds of the same images, in one process:
   is deep (the fast path); elsewhere the whole network trains on the uint8 images, which
   it scales itself. Held-out images are predicted in full, padded batches.
 
+With ``together`` (Keras on JAX) a third path, **together**, trains every fold of the split
+at once as one compiled program (:func:`xray_transfer.fold_parallel.fit_folds`: the fold
+models vmapped, the run's inputs resident on the device) for ``epochs`` epochs, from our
+trainer's set-up: the levers "the ten folds as one program" and "the dataset on the device",
+measured in the same process as the two others.
+
 Each path runs the first two folds of a 10-fold split for ``epochs`` epochs. The first
 fold carries the set-up and compilation, the second shows what every later fold costs.
 From these measured parts the record gives the steady speed (training images/s in a later
@@ -51,6 +57,10 @@ PATH_FIELDS = ("setup_seconds", "feature_seconds", "first_epoch_seconds", "stead
                "n_train", "epochs", "fast_path")
 #: Fields of one backbone's row besides the two paths.
 ROW_FIELDS = ("steady_speedup", "fold_speedup", "protocol_speedup")
+#: Fields of the ``together`` path, where a row has one (its epochs train every fold: ``n_train``
+#: counts the training images of all ``n_folds``).
+TOGETHER_FIELDS = ("setup_seconds", "feature_seconds", "first_epoch_seconds", "steady_epoch_seconds",
+                   "steady_images_per_second", "protocol_seconds", "n_train", "n_folds", "epochs", "fast_path")
 
 
 def _split(dataset, n_splits, seed):
@@ -142,8 +152,43 @@ def time_ours(dataset, backbone, epochs=2, n_splits=10, protocol_epochs=10, seed
     return _summary(setup, folds[0], folds[1], n_splits, protocol_epochs, trainer.feature_seconds, trainer.fast)
 
 
+def time_together(dataset, backbone, epochs=2, n_splits=10, protocol_epochs=10, seed=0, image_size=(200, 266),
+                  precision="float32") -> dict:
+    """Every fold of the split at once (:func:`xray_transfer.fold_parallel.fit_folds`), from our set-up.
+
+    The protocol time is the set-up, the measured epochs (the first compiles) and the
+    protocol's other epochs at the measured seconds of a later one (prediction of the held-out
+    folds included). Keras on JAX only.
+    """
+    from .fold_parallel import fit_folds
+
+    cfg = make_config(backbone=backbone, epochs=epochs, seed=seed, image_size=image_size, precision=precision)
+    t0 = time.perf_counter()
+    trainer = Trainer(cfg, dataset.images)
+    setup = time.perf_counter() - t0
+    fold_of = make_folds(dataset.labels, n_splits, seed)
+    splits = [(np.flatnonzero(fold_of != k), np.flatnonzero(fold_of == k)) for k in range(n_splits)]
+    watch = _Stopwatch()
+    res = fit_folds(trainer, splits, dataset.labels, [seed * 1000 + k for k in range(n_splits)], progress=watch)
+    wall = time.perf_counter() - watch.times[0]
+    fit, walls = res[0]["history"]["seconds"], watch.epoch_walls()
+    tail = slice(1, None) if len(fit) > 1 else slice(None)
+    steady, epoch_wall = float(np.mean(fit[tail])), float(np.mean(walls[tail]))
+    n_train = sum(len(tr) for tr, _ in splits)
+    return {"setup_seconds": setup, "feature_seconds": trainer.feature_seconds, "first_epoch_seconds": fit[0],
+            "steady_epoch_seconds": steady, "steady_images_per_second": n_train / steady,
+            "protocol_seconds": setup + wall + (protocol_epochs - len(fit)) * epoch_wall,
+            "n_train": n_train, "n_folds": n_splits, "epochs": len(fit), "fast_path": trainer.fast}
+
+
+def _out_of_memory(error: Exception) -> bool:
+    """Whether ``error`` is the device running out of memory (XLA's RESOURCE_EXHAUSTED)."""
+    return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)
+
+
 def run_benchmark(dataset, output_dir, backbones=None, epochs=2, limit=None, protocol_epochs=10,
-                  n_splits=10, image_size=(200, 266), precision="float32", flops_json=FLOPS_JSON) -> dict:
+                  n_splits=10, image_size=(200, 266), precision="float32", flops_json=FLOPS_JSON,
+                  together=False) -> dict:
     """Time both paths for each backbone in one process; write ``benchmark.json`` after each backbone.
 
     A ``benchmark.json`` already in ``output_dir`` with the same settings, dataset, device,
@@ -173,9 +218,19 @@ def run_benchmark(dataset, output_dir, backbones=None, epochs=2, limit=None, pro
     flops_json : path, default ``artifacts/benchmark/flops.json``
         XLA's FLOP counts; each path's ``throughput`` (:func:`throughput`) where a count with
         the benchmark's settings is there.
+    together : bool, default False
+        Also time the ``together`` path (:func:`time_together`; Keras on JAX only), and each
+        row's ``together_speedup``: ours' protocol seconds over the together path's. Where the
+        device runs out of memory with every fold at once, the row says so (``together.
+        not_measured``) and keeps its two other paths.
     """
     from .safety import Refused, check_writable
 
+    if together:  # before any work
+        import keras
+        if keras.backend.backend() != "jax":
+            raise RuntimeError(f"the together path (every fold at once) is a JAX program, and Keras here runs on "
+                               f"{keras.backend.backend()}; set KERAS_BACKEND=jax, or leave the together path out")
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs!r}")
     out = Path(output_dir)
@@ -203,6 +258,9 @@ def run_benchmark(dataset, output_dir, backbones=None, epochs=2, limit=None, pro
                                 "cutoff is deep, else uint8 images scaled by the network; padded prediction "
                                 "batches"},
               "backbones": {}}
+    if together:
+        result["paths"]["together"] = (f"every fold of the split at once: our trainer's set-up, the {n_splits} fold "
+                                       "models as one vmapped, compiled JAX program, the inputs on the device")
     earlier = _earlier_rows(out / "benchmark.json", result)
     for key in keys:
         if key in earlier:
@@ -220,7 +278,22 @@ def run_benchmark(dataset, output_dir, backbones=None, epochs=2, limit=None, pro
         row["protocol_speedup"] = row["plain"]["protocol_seconds"] / row["fast"]["protocol_seconds"]
         print(f"{key:22s} speed-up: steady x{row['steady_speedup']:.1f}, fold x{row['fold_speedup']:.1f}, "
               f"protocol x{row['protocol_speedup']:.1f}", flush=True)
-        for name in ("plain", "fast"):
+        if together:
+            try:
+                row["together"] = time_together(ds, key, epochs, n_splits, protocol_epochs, image_size=image_size,
+                                                precision=precision)
+            except Exception as e:  # noqa: BLE001 -- only running out of memory is recorded, anything else raised
+                if not _out_of_memory(e):
+                    raise
+                row["together"] = {"not_measured": f"out of device memory with {n_splits} folds at once: "
+                                                   f"{str(e).splitlines()[0][:300]}"}
+                print(f"{key:22s} together: {row['together']['not_measured']}", flush=True)
+            else:
+                row["together_speedup"] = row["fast"]["protocol_seconds"] / row["together"]["protocol_seconds"]
+                print(f"{key:22s} together steady {row['together']['steady_images_per_second']:8.1f} img/s, protocol "
+                      f"{row['together']['protocol_seconds']:8.1f} s: x{row['together_speedup']:.1f} over ours",
+                      flush=True)
+        for name in [p for p in ("plain", "fast", "together") if "protocol_seconds" in row.get(p, {})]:
             row[name]["throughput"] = throughput(result, key, name, row[name], flops_record)
             t = row[name]["throughput"]
             if t["protocol_tflops_per_second"] is not None:
@@ -267,6 +340,9 @@ def check_record(record: dict) -> None:
         missing += [f"{key}.{k}" for k in ROW_FIELDS if k not in row]
         for path in ("plain", "fast"):
             missing += [f"{key}.{path}.{k}" for k in PATH_FIELDS if k not in row.get(path, {})]
+        if "together" in row and "not_measured" not in row["together"]:
+            missing += [f"{key}.together.{k}" for k in TOGETHER_FIELDS + ("throughput",) if k not in row["together"]]
+            missing += [f"{key}.together_speedup"] * ("together_speedup" not in row)
     if missing:
         raise ValueError(f"benchmark record lacks {', '.join(missing)}; re-run `make benchmark`")
 

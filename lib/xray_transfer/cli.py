@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--protocol-epochs", type=int, default=10, help="epochs of the protocol the times are for")
     b.add_argument("--image-size", type=int, nargs=2, default=[200, 266], metavar=("HEIGHT", "WIDTH"))
     b.add_argument("--precision", **PRECISION_FLAG)
+    b.add_argument("--together", action="store_true",
+                   help="also time every fold of the split at once, as one compiled JAX program (KERAS_BACKEND=jax)")
 
     e = add("experiments", help="every experiment of the book: list them, or run any part of them on Dask")
     esub = e.add_subparsers(dest="action", required=True)
@@ -283,7 +285,7 @@ def run(args) -> int:
         check_apart(args.out, args.dataset, "dataset")  # run_benchmark checks benchmark.json before any work
         run_benchmark(args.dataset, args.out, backbones=args.backbones, epochs=args.epochs, limit=args.limit,
                       n_splits=args.n_splits, protocol_epochs=args.protocol_epochs, image_size=tuple(args.image_size),
-                      precision=args.precision)
+                      precision=args.precision, together=args.together)
     elif args.cmd == "experiments":
         return experiments(args)
     elif args.cmd == "execute":

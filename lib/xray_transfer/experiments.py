@@ -129,7 +129,8 @@ REGISTRY: list[Experiment] = [
     *final_models(),
     # the benchmark holds the device alone: it runs after every other task of a call
     Experiment("benchmark/cpu", "bench", "benchmark", {"epochs": 2, "limit": 400}, priority=0, device="cpu"),
-    Experiment("benchmark/gpu", "bench", "benchmark/gpu", {"epochs": 2}, priority=0, device="gpu"),
+    Experiment("benchmark/gpu", "bench", "benchmark/gpu", {"epochs": 2, "together": True}, priority=0,
+               device="gpu"),
 ]
 
 

@@ -256,7 +256,8 @@ def plot_saliency_grid(cases, maps, masks, width=7.4, max_per_row=4):
 
 
 def plot_throughput(df, width=7.4):
-    """Achieved TFLOP/s per network, plain ``model.fit`` against ours, a panel per device.
+    """Achieved TFLOP/s per network, plain ``model.fit`` against ours (and ours with the folds
+    together, where measured), a panel per device.
 
     ``df`` is :func:`xray_transfer.results.benchmark_throughput`'s table. Bars: the whole
     protocol (compilation and set-up included); ticks: a steady epoch. A device whose dense
@@ -267,14 +268,17 @@ def plot_throughput(df, width=7.4):
     devices = list(dict.fromkeys(df["device"]))
     nets = list(dict.fromkeys(df["network"]))  # every panel has every network's place, measured or not
     y = np.arange(len(nets))
-    fig, axes = plt.subplots(1, len(devices), figsize=(width, 0.5 * len(nets) + 1.9), squeeze=False, sharey=True)
-    colors = {"plain model.fit": "#9e9e9e", "ours": "#1f77b4"}
+    colors = {"plain model.fit": "#9e9e9e", "ours": "#1f77b4", "ours, folds together": "#ff7f0e"}
+    colors = {path: c for path, c in colors.items() if (df["path"] == path).any()}  # the together path where measured
+    step = 0.76 / len(colors)
+    fig, axes = plt.subplots(1, len(devices), figsize=(width, 0.25 * len(nets) * len(colors) + 1.9), squeeze=False,
+                             sharey=True)
     for ax, device in zip(axes[0], devices):
         d = df[df["device"] == device]
         for j, (path, color) in enumerate(colors.items()):
             p = d[d["path"] == path].set_index("network").reindex(nets)
-            pos = y + (j - 0.5) * 0.38
-            ax.barh(pos, p["protocol_tflops"], height=0.36, color=color, label=f"{path}: whole protocol")
+            pos = y + (j - (len(colors) - 1) / 2) * step
+            ax.barh(pos, p["protocol_tflops"], height=step * 0.95, color=color, label=f"{path}: whole protocol")
             ax.plot(p["steady_tflops"], pos, "|", color="black", markersize=9,
                     label="steady epoch" if j == 1 else None)
             for yy, v, tick, share in zip(pos, p["protocol_tflops"], p["steady_tflops"], p["share"]):
@@ -303,6 +307,6 @@ def plot_throughput(df, width=7.4):
     axes[0][0].set_yticks(y, nets)
     axes[0][0].invert_yaxis()  # shared: Table 1's order from the top
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=3, frameon=False)
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=len(colors) + 1, frameon=False)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig

@@ -586,14 +586,22 @@ def benchmark_table(paths) -> tuple[pd.DataFrame, list[dict]] | None:
                          "fast_path": bool(r["fast"]["fast_path"]), "steady_speedup": r["steady_speedup"],
                          "plain_protocol_seconds": r["plain"]["protocol_seconds"],
                          "fast_protocol_seconds": r["fast"]["protocol_seconds"],
-                         "protocol_speedup": r["protocol_speedup"]})
+                         "protocol_speedup": r["protocol_speedup"],
+                         # every fold at once (benchmark --together), where measured; why not, where tried
+                         "together_protocol_seconds": r.get("together", {}).get("protocol_seconds", math.nan),
+                         "together_speedup": r.get("together_speedup", math.nan),
+                         "together_not_measured": r.get("together", {}).get("not_measured", "")})
     return pd.DataFrame(rows), records
+
+
+#: A benchmark record's paths as the tables and figures name them.
+PATH_LABELS = {"plain": "plain model.fit", "fast": "ours", "together": "ours, folds together"}
 
 
 def benchmark_throughput(records, flops_path) -> pd.DataFrame | None:
     """Achieved TFLOP/s of each benchmark path against the chip's dense peak; None without FLOP counts.
 
-    A row per record, backbone and path (``plain``, ``ours``), from
+    A row per record, backbone and path (:data:`PATH_LABELS`: ``together`` where measured), from
     :func:`xray_transfer.benchmark.throughput`: XLA's FLOP count of the protocol
     (``flops_path``, :mod:`xray_transfer.flops`) over the measured protocol seconds
     (``protocol_tflops``) and over a steady epoch's seconds (``steady_tflops``); ``share`` and
@@ -609,7 +617,9 @@ def benchmark_throughput(records, flops_path) -> pd.DataFrame | None:
     rows = []
     for bench in records:
         for key, r in bench["backbones"].items():
-            for path, label in (("plain", "plain model.fit"), ("fast", "ours")):
+            for path, label in PATH_LABELS.items():
+                if "protocol_seconds" not in r.get(path, {}):  # the together path: not tried or not measured
+                    continue
                 t = throughput(bench, key, path, r[path], counts)
                 rows.append({"device": short_device(bench["environment"]["device"]), "backbone": key,
                              "network": get_backbone(key).name, "path": label,
