@@ -227,3 +227,17 @@ def test_the_registry_names_every_committed_run_and_list_matches_artifacts(capsy
     assert any(line.startswith("paper/vgg19 ") and " done " in line for line in out.splitlines())
     assert grid.find("robustness/xception/backend-tensorflow").folds == (0, 1)
     assert [e.name for e in grid.select(["paper/*"])] == [f"paper/{b}" for b in grid.BACKBONES]
+
+
+def test_every_registered_experiment_has_parameters_its_function_takes():
+    """A typo in the registry (a parameter the trainer or the benchmark does not take) fails here, not in a GPU lease."""
+    import inspect
+
+    from xray_transfer import benchmark
+
+    for exp in grid.REGISTRY:
+        if exp.kind == "bench":
+            inspect.signature(benchmark.run_benchmark).bind("dataset", "out", **exp.params)
+        else:
+            train.make_config(**exp.params)
+    assert grid.find("benchmark/gpu").params["together"] is True  # the GPU benchmark times the folds together
