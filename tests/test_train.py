@@ -1,6 +1,7 @@
 """Tests of xray_transfer.train: validated config, folds, resumable cross-validation, the fast path."""
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -728,3 +729,30 @@ def test_a_mixed_bfloat16_trainer_trains_and_predicts_float32_probabilities(back
     assert np.isfinite(res["history"]["loss"]).all()
     np.testing.assert_allclose(res["probs"].sum(1), 1, atol=1e-5)
     assert train.frozen_key(cfg, ds.images) != train.frozen_key({**cfg, "precision": "float32"}, ds.images)
+
+
+def test_records_name_the_commit_a_process_loaded_not_a_later_one(tmp_path):
+    """A long run outlives commits: its records must name the code it imported, not HEAD at write time."""
+    import shutil
+    import subprocess
+    import sys
+
+    pkg = tmp_path / "lib" / "xray_transfer"
+    pkg.parent.mkdir()
+    shutil.copytree(Path(provenance.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git[:3] + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "lib"], check=True)
+    subprocess.run(git + ["commit", "-qm", "first"], check=True)
+    script = (
+        "import subprocess, sys\n"
+        f"sys.path.insert(0, {str(tmp_path / 'lib')!r})\n"
+        "from xray_transfer import provenance as p\n"
+        "before = p.git_commit()['commit']\n"
+        "(p.REPO / 'lib' / 'xray_transfer' / '__init__.py').write_text('# changed\\n')\n"
+        f"subprocess.run({git!r} + ['commit', '-qam', 'later'], check=True)\n"
+        "print(before, p.git_commit()['commit'], p.git_commit(p.REPO)['commit'])\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    first = subprocess.run(git[:3] + ["rev-parse", "HEAD~1"], capture_output=True, text=True, check=True).stdout.strip()
+    assert out[0] == out[1] == first  # what the process loaded, kept
+    assert out[2] != first  # the repository itself has moved on

@@ -6,3 +6,5 @@ path), ``metrics`` (Tables 2 and 3), ``provenance`` (run records), ``predict``
 (apply a trained model to a folder of X-rays).
 """
 __version__ = "0.1.0"
+
+from . import provenance  # noqa: F401,E402  (records the commit of the code this process loads)

@@ -23,9 +23,9 @@ PACKAGES = ("keras", "tensorflow-cpu", "tensorflow", "jax", "jaxlib", "torch", "
             "scikit-learn", "pillow", "xray-transfer")
 
 
-def git_commit(repo=None) -> dict:
-    """HEAD commit and whether tracked files differ from it; ``$XRAY_GIT_COMMIT`` where git is absent."""
-    repo = repo or REPO
+def _head(repo) -> dict:
+    """HEAD commit of ``repo`` now and whether its tracked lib/ or notebooks/ files differ from it;
+    ``$XRAY_GIT_COMMIT`` where git is absent."""
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                              check=True).stdout.strip()
@@ -35,6 +35,17 @@ def git_commit(repo=None) -> dict:
     except (OSError, subprocess.CalledProcessError):
         sha = os.environ.get(COMMIT_ENV)
         return {"commit": sha or "unknown", "dirty": None, "source": COMMIT_ENV if sha else "unavailable"}
+
+
+#: This project's HEAD when the package was imported (``xray_transfer/__init__`` imports this module).
+_LOADED = _head(REPO)
+
+
+def git_commit(repo=None) -> dict:
+    """The commit of the code this process runs: HEAD when :mod:`xray_transfer` was imported, so a
+    long run's records name the code it loaded even when later commits land while it runs.
+    With ``repo``, that repository's HEAD now. ``$XRAY_GIT_COMMIT`` where git is absent."""
+    return dict(_LOADED) if repo is None else _head(repo)
 
 
 def portable_path(path, envs=PATH_ENVS, repo=REPO) -> str:
