@@ -199,6 +199,22 @@ def devices(run) -> str:
     return "; ".join(seen)
 
 
+def devices_words(devices: str) -> str:
+    """:func:`devices` for a reader.
+
+    >>> devices_words("jax / gpu: NVIDIA H200; tensorflow / cpu: AMD EPYC x2")
+    'JAX on NVIDIA H200; TensorFlow on the CPU, AMD EPYC x2'
+    """
+    names = {"jax": "JAX", "tensorflow": "TensorFlow", "torch": "PyTorch"}
+    out = []
+    for one in filter(None, devices.split("; ")):
+        backend, _, device = one.partition(" / ")
+        kind, _, model = device.partition(": ")
+        where = f"the CPU, {model}" if kind == "cpu" else model or device
+        out.append(f"{names.get(backend, backend)} on {where}")
+    return "; ".join(out)
+
+
 def load_grid(repo=".", manifest_sha256=None, points=None) -> list[dict]:
     """Each grid point with what is committed for it.
 
@@ -369,7 +385,7 @@ def verdicts(points) -> pd.DataFrame:
     * "reproduced within chance": the paper's value lies inside the 95 % interval of the
       default or of one of its seed runs (the default setting, up to chance);
     * "reached with a stated choice": otherwise, inside the 95 % interval of a one-choice run
-      (``choices`` names which);
+      (``choices`` names which, and the backend and device where they too differ from the default's);
     * "not reached by any setting tried";
     * "not judged": Table 2's run is not complete.
 
@@ -405,9 +421,16 @@ def verdicts(points) -> pd.DataFrame:
                          "default": 100 * default["summary"][m] if default else math.nan,
                          "verdict": verdict, "nearest": nearest,
                          "side": side if verdict == VERDICTS[2] else "",
-                         "choices": [choice_words(p) for p in reached] if verdict == VERDICTS[1] else [],
+                         "choices": [_choice_and_devices(points, p) for p in reached] if verdict == VERDICTS[1] else [],
                          "n_chance": len(chance), "n_choices": len(choices)})
     return pd.DataFrame(rows)
+
+
+def _choice_and_devices(points, p) -> str:
+    """The choice a run changed, and its backend and device where they differ from its baseline's."""
+    base = baseline(points, p["backbone"], p["devices"])
+    also = "" if base is None or base["devices"] == p["devices"] else f" (also differs: {devices_words(p['devices'])})"
+    return choice_words(p) + also
 
 
 def choice_words(point) -> str:
