@@ -33,13 +33,13 @@ def write_run(root, rel, right, manifest=MANIFEST, sha=VGG, n_splits=10, **param
     """A run folder of ``len(right)`` finished folds (of ``n_splits``), fold k with ``right[k]`` right."""
     out = Path(root) / rel
     out.mkdir(parents=True)
-    backend = params.pop("_backend", "tensorflow")
+    backend, device = params.pop("_backend", "tensorflow"), params.pop("_device", "cpu: test")
     cfg = train.make_config(backbone="vgg19", weights="none", n_splits=n_splits, **params)
     rec = {"params": cfg, "dataset": {"manifest_sha256": manifest},
            "weights": {"kind": "file", "sha256": sha}, "environment": {"backend": backend, "device": "x"}}
     (out / "run.json").write_text(json.dumps(rec))
     for k, n in enumerate(right):
-        (out / f"fold-{k:02d}.json").write_text(json.dumps(fold_record(k, n, backend=backend)))
+        (out / f"fold-{k:02d}.json").write_text(json.dumps(fold_record(k, n, backend=backend, device=device)))
     return out
 
 

@@ -18,8 +18,9 @@ from .robustness import METRIC_NAMES, METRICS, devices, differs_from_default, pa
 
 #: Where the bfloat16 runs go (``precision/<backbone>/mixed_bfloat16`` in the experiment registry).
 BF16_DIR = "artifacts/precision/{backbone}/mixed_bfloat16"
-#: The float32 run each is compared with: Table 2's.
-FLOAT32_DIR = "artifacts/runs/{backbone}"
+#: The float32 runs each may be compared with, in order: Table 2's, or the default made again with
+#: Keras on JAX on the GPU (the robustness grid's ``backend-jax``) where Table 2's was made elsewhere.
+FLOAT32_DIRS = ("artifacts/runs/{backbone}", "artifacts/robustness/{backbone}/backend-jax")
 
 
 class NotComparable(ValueError):
@@ -92,27 +93,37 @@ def compare(float32_run: dict, bf16_run: dict) -> pd.DataFrame:
 
 
 def load_comparisons(repo=".", backbones=None) -> dict:
-    """What is committed of the bfloat16 runs, per backbone: ``{"table", "seconds", "devices"}``
-    where a complete bfloat16 run can be compared, ``{"note"}`` where it cannot (not run yet,
-    incomplete, or not comparable: the note says why)."""
+    """What is committed of the bfloat16 runs, per backbone: ``{"table", "seconds", "devices",
+    "float32"}`` where a complete bfloat16 run can be compared with a float32 run of
+    :data:`FLOAT32_DIRS` (the first that differs in the precision alone), ``{"note"}`` where it
+    cannot (not run yet, incomplete, or not comparable: the note says why)."""
     from .models import TABLE1
 
     repo = Path(repo)
     out = {}
     for bb in backbones or [b.key for b in TABLE1]:
-        f32, bf16 = repo / FLOAT32_DIR.format(backbone=bb), repo / BF16_DIR.format(backbone=bb)
+        bf16 = repo / BF16_DIR.format(backbone=bb)
         if not (bf16 / "run.json").is_file():
             out[bb] = {"note": "not run yet"}
             continue
-        runs = (load_run(f32), load_run(bf16)) if (f32 / "run.json").is_file() else None
-        if runs is None:
-            out[bb] = {"note": "no float32 run to compare with"}
+        low = load_run(bf16)
+        if not is_complete(low):
+            out[bb] = {"note": f"{len(low['folds'])} of {low['record']['params']['n_splits']} folds so far"}
             continue
-        try:
-            table = compare(*runs)
-        except NotComparable as err:
-            out[bb] = {"note": str(err)}
-            continue
-        out[bb] = {"table": table, "devices": devices(runs[1]),
-                   "seconds": {"float32": later_fold_seconds(runs[0]), "mixed_bfloat16": later_fold_seconds(runs[1])}}
+        notes = []
+        for rel in FLOAT32_DIRS:
+            f32 = repo / rel.format(backbone=bb)
+            if not (f32 / "run.json").is_file():
+                continue
+            high = load_run(f32)
+            try:
+                table = compare(high, low)
+            except NotComparable as err:
+                notes.append(str(err).replace(str(repo) + "/", ""))
+                continue
+            out[bb] = {"table": table, "devices": devices(low), "float32": rel.format(backbone=bb),
+                       "seconds": {"float32": later_fold_seconds(high), "mixed_bfloat16": later_fold_seconds(low)}}
+            break
+        else:
+            out[bb] = {"note": "; ".join(notes) or "no float32 run to compare with"}
     return out
