@@ -473,18 +473,21 @@ def verdict(runs, artifacts="artifacts", style="myst") -> list[str]:
             others = modes[(modes["mode"] != "keras2") & modes["complete"]]
             if others.empty:
                 untried.append(name[b])
-                continue
-            where = [r for r in others.itertuples() if (r.backend, r.device) != (keras2.backend, keras2.device)]
-            words = (f"{name[b]} (COVID-19 sensitivity " + ", ".join(f"{pct(r.sensitivity)} % in {r.mode}"
-                                                                     for r in others.itertuples())
-                     + "".join(f"; the {r.mode} run made with {backend_name(r.backend)} on {short_device(r.device)}, "
-                               f"keras2's with {backend_name(keras2.backend)} on {short_device(keras2.device)}"
-                               for r in where) + ")")
-            (cured if (others["sensitivity"] >= 50).all() else persists).append(words)
+            elif (others["sensitivity"] >= 50).all():
+                cured.append(f"{name[b]} (COVID-19 sensitivity " + ", ".join(f"{pct(r.sensitivity)} % in {r.mode}"
+                                                                          for r in others.itertuples()) + ")")
+            else:
+                low = [r for r in others.itertuples() if r.sensitivity < 50]
+                made = [f"the {r.mode} run made with {where(r.backend, r.device)}" for r in low
+                        if (r.backend, r.device) != (keras2.backend, keras2.device)]
+                persists.append(
+                    f" For {name[b]} the failure persists in {listing([r.mode for r in low])} mode (COVID-19 sensitivity "
+                    + ", ".join(f"{pct(r.sensitivity)} %" for r in low)
+                    + (f"; {listing(made)}, keras2's with {where(keras2.backend, keras2.device)}" if made else "")
+                    + ").")
         if cured:
             text += f" For {listing(cured)} the failure disappears in the other modes."
-        if persists:
-            text += f" For {listing(persists)} it persists in another mode."
+        text += "".join(persists)
         untested = compare.collapse_untested(art, [b for b in compare.COLLAPSED if name[b] in untried]) \
             if untried else []
         if untested:
@@ -557,6 +560,13 @@ def qualifiers(runs, artifacts="artifacts", style="myst") -> dict:
             found.append(link("adults", "adult X-rays", style))
         out[k] = found
     return out
+
+
+def where(backend, device) -> str:
+    """'TensorFlow on a CPU with 2 cores', 'JAX on NVIDIA H200': where a run was made, for a sentence."""
+    short = short_device(device)
+    short = "a CPU with " + short.split(", ", 1)[1] if short.startswith("CPU, ") else short
+    return f"{backend_name(backend)} on {short}"
 
 
 def context(row) -> str:
