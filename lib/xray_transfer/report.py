@@ -471,26 +471,24 @@ def verdict(runs, artifacts="artifacts", style="myst") -> list[str]:
             modes = compare.batchnorm_table(b, art)
             keras2 = modes[modes["mode"] == "keras2"].iloc[0]
             others = modes[(modes["mode"] != "keras2") & modes["complete"]]
+            low = [r for r in others.itertuples() if r.sensitivity < 50]
             if others.empty:
                 untried.append(name[b])
-            elif (others["sensitivity"] >= 50).all():
-                cured.append(f"{name[b]} (COVID-19 sensitivity " + ", ".join(f"{pct(r.sensitivity)} % in {r.mode}"
-                                                                          for r in others.itertuples()) + ")")
-            else:
-                low = [r for r in others.itertuples() if r.sensitivity < 50]
-                made = [f"the {r.mode} run made with {where(r.backend, r.device)}" for r in low
-                        if (r.backend, r.device) != (keras2.backend, keras2.device)]
-                persists.append(
-                    f" For {name[b]} the failure persists in {listing([r.mode for r in low])} mode (COVID-19 sensitivity "
-                    + ", ".join(f"{pct(r.sensitivity)} %" for r in low)
-                    + (f"; {listing(made)}, keras2's with {where(keras2.backend, keras2.device)}" if made else "")
-                    + ").")
-        if cured:
-            text += f" For {listing(cured)} the failure disappears in the other modes."
-        text += "".join(persists)
+            elif not low:
+                cured.append(f"{possessive(name[b])} failure disappears ("
+                             + ", ".join(f"{pct(r.sensitivity)} % in {r.mode}" for r in others.itertuples()) + ")")
+            else:  # where each run was made is on the linked page; here only that it differs
+                other = [k for k in ("backend", "device") if any(getattr(r, k) != keras2[k] for r in low)]
+                persists.append(f"{possessive(name[b])} persists ("
+                                + ", ".join(f"{pct(r.sensitivity)} % in {r.mode}" for r in low)
+                                + (f", on another {listing(other)}" if other else "") + ")")
         untested = compare.collapse_untested(art, [b for b in compare.COLLAPSED if name[b] in untried]) \
             if untried else []
-        if untested:
+        if cured or persists:
+            text += f" In the other modes, {listing(cured + persists)}"
+            text += f"; {listing([possessive(n) for n in untried])} {'is' if len(untried) == 1 else 'are'} untested" \
+                if untested else ""
+        elif untested:
             text += f" For {listing(untried)} the cause of the collapse is untested"
         out.append(text + f" ({link('batchnorm', 'BatchNorm modes and backends', style)}).")
     # what the paper's table cannot be
@@ -560,13 +558,6 @@ def qualifiers(runs, artifacts="artifacts", style="myst") -> dict:
             found.append(link("adults", "adult X-rays", style))
         out[k] = found
     return out
-
-
-def where(backend, device) -> str:
-    """'TensorFlow on a CPU with 2 cores', 'JAX on NVIDIA H200': where a run was made, for a sentence."""
-    short = short_device(device)
-    short = "a CPU with " + short.split(", ", 1)[1] if short.startswith("CPU, ") else short
-    return f"{backend_name(backend)} on {short}"
 
 
 def context(row) -> str:
