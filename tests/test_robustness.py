@@ -204,7 +204,7 @@ def test_verdicts_per_cell(points, monkeypatch):
     assert v.loc["accuracy_3class", "verdict"] == "reproduced within chance"
     assert v.loc["sensitivity", "verdict"] == "reached with a stated choice"
     # the 1e-3 run was made with JAX, Table 2's with TensorFlow: the verdict says so
-    assert v.loc["sensitivity", "choices"] == ["learning rate 0.001 (also differs: JAX on the CPU, test)"]
+    assert v.loc["sensitivity", "choices"] == ["learning rate 0.001 (also differs: JAX on CPU)"]
     assert v.loc["accuracy_2class", "verdict"] == "not reached by any setting tried"
     assert v.loc["accuracy_2class", "side"] == "ours higher"
     assert v.loc["accuracy_3class", "n_chance"] == 3

@@ -32,7 +32,7 @@ import pandas as pd
 from . import paper
 from .metrics import pooled
 from .models import OFFLINE_WEIGHTS, TABLE1, get_backbone
-from .results import is_complete, load_run
+from .results import backend_name, is_complete, load_run, short_device
 from .train import DEFAULTS
 
 #: Where the grid's own runs go: ``<root>/<backbone>/<factor>-<value>``.
@@ -200,19 +200,13 @@ def devices(run) -> str:
 
 
 def devices_words(devices: str) -> str:
-    """:func:`devices` for a reader.
+    """:func:`devices` in the words of the book's other tables.
 
     >>> devices_words("jax / gpu: NVIDIA H200; tensorflow / cpu: AMD EPYC x2")
-    'JAX on NVIDIA H200; TensorFlow on the CPU, AMD EPYC x2'
+    'JAX on NVIDIA H200; TensorFlow on CPU, 2 cores'
     """
-    names = {"jax": "JAX", "tensorflow": "TensorFlow", "torch": "PyTorch"}
-    out = []
-    for one in filter(None, devices.split("; ")):
-        backend, _, device = one.partition(" / ")
-        kind, _, model = device.partition(": ")
-        where = f"the CPU, {model}" if kind == "cpu" else model or device
-        out.append(f"{names.get(backend, backend)} on {where}")
-    return "; ".join(out)
+    pairs = [one.partition(" / ")[::2] for one in filter(None, devices.split("; "))]
+    return "; ".join(f"{backend_name(b)} on {short_device(d)}" for b, d in pairs)
 
 
 def load_grid(repo=".", manifest_sha256=None, points=None) -> list[dict]:
