@@ -562,7 +562,16 @@ def qualifiers(runs, artifacts="artifacts", style="myst") -> dict:
 
 def context(row) -> str:
     """Where a comparison row's run was made (:func:`compare.row`), in a few words:
-    'TensorFlow on CPU (2 cores), commit 74d9a0f'. Several values are joined with '+'."""
+    'TensorFlow on CPU (2 cores), commit 74d9a0f'. Several values are joined with '+'; more
+    than two commits (a run resumed over many sessions) are counted, not listed.
+
+    >>> from types import SimpleNamespace as Row
+    >>> context(Row(backend="jax", device="gpu: NVIDIA H200", commit="74d9a0f1; 8cb90f6a"))
+    'JAX on NVIDIA H200, commit 74d9a0f + 8cb90f6'
+    >>> five = "; ".join(c * 8 for c in "abcde")
+    >>> context(Row(backend="tensorflow", device="cpu: AMD EPYC x2", commit=five))
+    'TensorFlow on CPU (2 cores), commit aaaaaaa + 4 more (each fold records its own)'
+    """
     def device(d):
         short = short_device(d)
         return short.replace("CPU, ", "CPU (") + ")" if short.startswith("CPU, ") else short
@@ -570,5 +579,15 @@ def context(row) -> str:
     def each(text, f):
         return " + ".join(f(v.strip()) for v in text.split(";") if v.strip()) if text else DASH
 
-    return (f"{each(row.backend, backend_name)} on {each(row.device, device)}, "
-            f"commit {each(row.commit, lambda c: c[:7] + ('+dirty' if c.endswith('+dirty') else ''))}")
+    def commits(text):
+        shas = [v.strip() for v in (text or "").split(";") if v.strip()]
+        if len(shas) > 2:
+            return f"{short_commit(shas[0])} + {len(shas) - 1} more (each fold records its own)"
+        return each(text, short_commit)
+
+    return f"{each(row.backend, backend_name)} on {each(row.device, device)}, commit {commits(row.commit)}"
+
+
+def short_commit(sha: str) -> str:
+    """A commit as a table shows it: seven characters, '+dirty' kept."""
+    return sha[:7] + ("+dirty" if sha.endswith("+dirty") else "")

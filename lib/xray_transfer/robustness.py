@@ -6,10 +6,10 @@ The grid, per backbone, around the default (Table 2's run, ``artifacts/runs/<bac
   dropout, and the batch order), and the same seeds with the split held at the default's
   (``split_seed=0``: only the initialisation and the order change);
 * **the default again on the GPU** (``backend-jax``), for the backbones whose Table 2 run was made
-  with Keras on TensorFlow on the CPU (:data:`REMADE_ON_GPU`): the grid's own runs are made with
-  Keras on JAX on a GPU, and each run is compared with the default made with the same backend
-  on the same device where one is complete (:func:`baseline`), so that two runs compared differ
-  only in the factor named;
+  with Keras on TensorFlow on the CPU (:data:`REMADE_ON_GPU`): the grid's own runs are meant for
+  Keras on JAX on a GPU (a run made elsewhere records where), and each run is compared with the
+  default made with the same backend on the same device where one is complete (:func:`baseline`),
+  so that two runs compared differ only in the factor named;
 * **one choice at a time**: learning rate, BatchNorm mode, pooling, dropout, input
   scaling, resizing, augmentation; each run differs from the default in that one
   parameter only.
