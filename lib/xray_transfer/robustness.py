@@ -79,6 +79,8 @@ REUSED = {("mobilenet", "batchnorm", "batch_statistics"): "artifacts/audit/bn-ba
 METHOD = ("paired over the same ten folds (same test images): the mean of the per-fold differences from the "
           "default, with a 95 % t interval over the folds; called real only when that interval excludes 0 and "
           "the change is larger than the seed yardstick, the largest change any seed run made")
+#: The call of a change beyond chance made by a run that also differs in backend or device.
+REAL_NOT_ALONE = "real, not the choice alone"
 VERDICTS = ("reproduced within chance", "reached with a stated choice", "not reached by any setting tried")
 
 
@@ -334,7 +336,8 @@ def effects(points, metrics=CURVE_METRICS) -> pd.DataFrame:
     seed yardstick, and whether the change is real (see :data:`METHOD`).
 
     ``call``: "real" (interval excludes 0 and the change beats the yardstick), "within chance",
-    or "no yardstick yet" (no complete seed run). Each run is compared with the default made with
+    or "no yardstick yet" (no complete seed run); a real change of a run made on another backend or
+    device than its baseline is :data:`REAL_NOT_ALONE`, since the choice is then not all that differs. Each run is compared with the default made with
     the same backend on the same device where there is one (:func:`baseline`); ``also_differs``
     names the run's backend and device where they still differ from its baseline's.
     """
@@ -354,7 +357,7 @@ def effects(points, metrics=CURVE_METRICS) -> pd.DataFrame:
                 if math.isnan(yard["value"]):
                     call = "no yardstick yet"
                 elif ch["paired"] and not (ch["low"] <= 0 <= ch["high"]) and abs(change) > yard["value"]:
-                    call = "real"
+                    call = "real" if p["devices"] == default["devices"] else REAL_NOT_ALONE
                 else:
                     call = "within chance"
                 rows.append({"backbone": bb, "factor": p["factor"], "value": p["value"], "label": p["label"],
