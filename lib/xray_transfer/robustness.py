@@ -336,10 +336,10 @@ def effects(points, metrics=CURVE_METRICS) -> pd.DataFrame:
     seed yardstick, and whether the change is real (see :data:`METHOD`).
 
     ``call``: "real" (interval excludes 0 and the change beats the yardstick), "within chance",
-    or "no yardstick yet" (no complete seed run); a real change of a run made on another backend or
-    device than its baseline is :data:`REAL_NOT_ALONE`, since the choice is then not all that differs. Each run is compared with the default made with
+    or "no yardstick yet" (no complete seed run). Each run is compared with the default made with
     the same backend on the same device where there is one (:func:`baseline`); ``also_differs``
-    names the run's backend and device where they still differ from its baseline's.
+    names the run's backend and device where they still differ from its baseline's, and a real
+    change of such a run is :data:`REAL_NOT_ALONE`: the choice is not all that differs.
     """
     rows = []
     for bb in ORDER:
@@ -350,6 +350,7 @@ def effects(points, metrics=CURVE_METRICS) -> pd.DataFrame:
             default = baseline(points, bb, p["devices"])
             if default is None:
                 continue
+            also = "" if p["devices"] == default["devices"] else p["devices"]
             for m in metrics:
                 ch = paired_change(default, p, m)
                 yard = seed_yardstick(points, bb, m)
@@ -357,7 +358,7 @@ def effects(points, metrics=CURVE_METRICS) -> pd.DataFrame:
                 if math.isnan(yard["value"]):
                     call = "no yardstick yet"
                 elif ch["paired"] and not (ch["low"] <= 0 <= ch["high"]) and abs(change) > yard["value"]:
-                    call = "real" if p["devices"] == default["devices"] else REAL_NOT_ALONE
+                    call = REAL_NOT_ALONE if also else "real"
                 else:
                     call = "within chance"
                 rows.append({"backbone": bb, "factor": p["factor"], "value": p["value"], "label": p["label"],
@@ -365,7 +366,7 @@ def effects(points, metrics=CURVE_METRICS) -> pd.DataFrame:
                              "change_pooled": ch["pooled"], "change_mean": ch["mean"], "change_low": ch["low"],
                              "change_high": ch["high"], "paired": ch["paired"], "yardstick": yard["value"],
                              "call": call, "out": p["out"], "baseline": default["label"],
-                             "also_differs": "" if p["devices"] == default["devices"] else p["devices"]})
+                             "also_differs": also})
     return pd.DataFrame(rows, columns=["backbone", "factor", "value", "label", "metric", "default", "run",
                                        "change_pooled", "change_mean", "change_low", "change_high", "paired",
                                        "yardstick", "call", "out", "baseline", "also_differs"])
